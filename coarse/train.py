@@ -1,0 +1,105 @@
+"""Stage 1: the coarse CAM classifier, then a localization mask for every image.
+
+    cd coarse && python3 train.py                      # the original: senet154, 448 px, 32 epochs
+    python3 coarse/train.py --localize-only            # masks from the saved checkpoint
+    torchrun --nproc_per_node 4 coarse/train.py ...    # several GPUs (see README)
+
+Reads  --data/{train,val,test}2019.json and their images; --pretrained (res/senet154-c7b49a05.pth).
+Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard),
+       --out/masks_{train,val,test}.npz (image_ids int64 N; masks uint8 0/1 N x h x w), --figure.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+from fgvc import cli, dist
+from fgvc.cam import localization_accuracy, localize, masks_path, read_boxes, save_masks
+from fgvc.checkpoint import check_matches, load_checkpoint, model_from_checkpoint
+from fgvc.data import load_dataset
+from fgvc.datasets import ImageDataset
+from fgvc.engine import CHECKPOINT, fit, prepare_model, seed_everything
+from fgvc.models import build_model, mean_pixel, model_args, require_weights, weights_path_arg
+from fgvc.paths import resolve
+from fgvc.transforms import EvalTransform, TrainTransform
+from fgvc.errors import UserError
+from fgvc.image import image_sizes
+from fgvc.viz import save_sample_figure
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Coarse stage: CAM classifier and localization masks")
+    cli.add_data_args(parser, out_default="coarse/out")
+    cli.add_model_args(parser)
+    parser.add_argument("--resize", type=int, default=512, help="short side before the random crop (default: 512)")
+    cli.add_train_args(parser)
+    g = parser.add_argument_group("localization")
+    g.add_argument("--localize-only", action="store_true", help="skip training; localize with --out/checkpoint.pt")
+    g.add_argument("--cam-threshold", type=float, default=0.5, help="mask = CAM min-max normalised >= this (default: 0.5)")
+    g.add_argument("--cam-class", choices=("label", "predicted"), default="label", help="CAM of the true class on train ('label'), or of the predicted class everywhere (default: label)")
+    g.add_argument("--mask-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="mask resolution, at least 32 x 32 (default: 64 64)")
+    g.add_argument("--figure", default="fig/sample.png", help="image / mask / overlay grid of a few val images (default: fig/sample.png)")
+    return parser
+
+
+def train(args, cfg, classes, splits, out, device):
+    pretrained = weights_path_arg(args.pretrained, args.arch)
+    model = build_model("coarse", args.arch, len(classes), pretrained, args.freeze)
+    train_set = ImageDataset(splits["train"], TrainTransform(args.img_size, args.resize, fill=mean_pixel(args.arch)), args.seed)
+    val_set = ImageDataset(splits["val"], EvalTransform(args.img_size), args.seed)
+    margs = model_args("coarse", args.arch, len(classes), args.freeze)
+    return fit(model, train_set, val_set, cfg, out, classes.ids, margs, device)
+
+
+def localize_splits(model, args, cfg, splits, out, device):
+    """Masks for every split; on val, measured against truth/boxes.csv when the dataset has it."""
+    truth = resolve(args.data) / "truth" / "boxes.csv"
+    for name, split in splits.items():
+        use_labels = name == "train" and args.cam_class == "label"
+        keep = name == "val"
+        dataset = ImageDataset(split, EvalTransform(args.img_size), args.seed)
+        masks, cams = localize(model, dataset, cfg["eval_batch_size"], args.workers, device, args.amp,
+                               tuple(args.mask_size), args.cam_threshold, use_labels, keep, args.max_bad_images)
+        if dist.is_main():
+            save_masks(masks_path(out, name), split.image_ids, masks)
+            print(f"{masks_path(out, name)}: {len(masks)} masks, mean area {masks.mean():.3f} of the image", flush=True)
+            if keep:
+                save_sample_figure(resolve(args.figure), split, masks)
+                if truth.is_file():
+                    report_localization(cams, split, read_boxes(truth), args.cam_threshold)
+
+
+def report_localization(cams, split, boxes, threshold):
+    """Share of val images localized (IoU >= 0.5) at each threshold, beside a centred box."""
+    truth = [boxes[int(i)] for i in split.image_ids]
+    acc, centred = localization_accuracy(cams.astype(np.float32), image_sizes(split), truth)
+    best = max(acc, key=lambda t: (acc[t], -abs(t - threshold)))
+    t = min(acc, key=lambda t: abs(t - threshold))
+    print(f"localization on val (IoU >= 0.5 with the true box): {acc[t]:.3f} at --cam-threshold {threshold:g}, "
+          f"centred box of the same mean area {centred[t]:.3f}; best threshold {best:g}: {acc[best]:.3f} (MaxBoxAcc)", flush=True)
+
+
+def main(args):
+    device = dist.setup(args.device)
+    seed_everything(args.seed)
+    if min(args.mask_size) < 32:
+        raise UserError(f"--mask-size {args.mask_size}: at least 32 x 32")
+    if not args.localize_only and weights_path_arg(args.pretrained, args.arch):
+        require_weights(weights_path_arg(args.pretrained, args.arch), args.arch)  # stop at once, not after reading the data
+    cfg = cli.config(args)
+    out = resolve(args.out)
+    classes, splits = load_dataset(resolve(args.data))
+    if args.localize_only:
+        ckpt = load_checkpoint(out / CHECKPOINT)
+        check_matches(ckpt, out / CHECKPOINT, kind="coarse", arch=args.arch, class_ids=classes.ids)
+        model = model_from_checkpoint(ckpt)
+    else:
+        model = train(args, cfg, classes, splits, out, device)
+    localize_splits(prepare_model(model, device), args, cfg, splits, out, device)
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,175 @@
+"""From class activation maps to localization masks, and how good those masks are.
+
+The rule (the original's was never published): the CAM of one class, upsampled bilinearly to
+the mask size, min-max normalised to [0, 1], and thresholded at `threshold` (a fraction of the
+map's range, flag --cam-threshold). A flat map gives an empty mask.
+
+Masks file, one per split, `<out>/masks_<split>.npz`: `image_ids` (int64, N), `masks` (uint8 0/1,
+N x h x w: the mask over the whole image, resized to a fixed h x w), written atomically.
+"""
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import dist
+from .atomic import atomic_write
+from .datasets import make_loader, shard
+from .engine import BadImageCounter, autocast_for, to_device
+from .errors import DatasetError
+
+THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
+
+
+def cams_to_masks(cams, threshold):
+    """(N, h, w) CAMs -> (CAMs min-max normalised to [0, 1], uint8 masks of normalised >= threshold).
+
+    A flat map (no maximum to speak of) gives an empty mask.
+    """
+    lo = cams.amin(dim=(-2, -1), keepdim=True)
+    span = cams.amax(dim=(-2, -1), keepdim=True) - lo
+    norm = (cams - lo) / span.clamp_min(1e-12)
+    return norm, ((norm >= threshold) & (span > 1e-12)).to(torch.uint8)
+
+
+def cam_to_mask(cam, threshold):
+    """The binary uint8 mask of a single (h, w) CAM."""
+    return cams_to_masks(torch.as_tensor(np.asarray(cam, dtype=np.float32))[None], threshold)[1][0].numpy()
+
+
+def mask_to_box(mask):
+    """(x, y, w, h) of the largest 8-connected component of a binary mask, or None if empty."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = stats[best, :4]
+    return int(x), int(y), int(w), int(h)
+
+
+def box_iou(a, b):
+    """IoU of two (x, y, w, h) boxes; 0 when either is None."""
+    if a is None or b is None:
+        return 0.0
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def scale_box(box, sx, sy):
+    return None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+@torch.inference_mode()
+def localize(model, dataset, batch_size, workers, device, amp, mask_size, threshold, use_labels, keep_cams=False, max_bad=100):
+    """One forward pass per image: logits and CAM together. Returns (masks (N, h, w) uint8, cams).
+
+    The CAM is of the ground-truth class when `use_labels` (train), else of the predicted class.
+    `cams` (N, h, w float16, normalised) is returned when keep_cams, for measuring thresholds.
+    Under torchrun each process scores a shard and the results are gathered on every rank.
+    Unreadable images get an empty mask (the fine stage then uses the whole image) and are counted.
+    """
+    model.eval()
+    autocast = autocast_for(device, amp)
+    rows = shard(len(dataset), dist.rank(), dist.world())
+    loader = make_loader(dataset, batch_size, workers, device, sampler=rows)
+    h, w = mask_size
+    masks = np.zeros((len(dataset), h, w), np.uint8)
+    cams = np.zeros((len(dataset), h, w), np.float16) if keep_cams else None
+    bad = BadImageCounter(dataset.split, max_bad)
+    for x, y, idx, ok in tqdm(loader, desc=f"localize {dataset.split.name}", disable=not dist.is_main(), leave=False):
+        with autocast():
+            logits, cam = model.forward_cam(to_device(x, device))
+        cls = y.to(cam.device) if use_labels else logits.argmax(1)
+        cam = cam.float()[torch.arange(len(cls), device=cam.device), cls]
+        cam = F.interpolate(cam[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        cam, m = cams_to_masks(cam, threshold)
+        m *= ok.to(m.device)[:, None, None]
+        masks[idx.numpy()] = m.cpu().numpy()
+        if keep_cams:
+            cams[idx.numpy()] = cam.cpu().numpy().astype(np.float16)
+        if not ok.all():
+            bad.add(idx[~ok].tolist())
+            bad.check(len(bad.rows))
+    bad.report()
+    if dist.enabled():
+        parts = dist.all_gather_objects((rows, masks[rows], cams[rows] if keep_cams else None))
+        for r, m, c in parts:
+            masks[r] = m
+            if keep_cams:
+                cams[r] = c
+    return masks, cams
+
+
+def save_masks(path, image_ids, masks):
+    """Write `masks_<split>.npz` atomically (compressed: masks are mostly runs of 0 and 1)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, image_ids=np.asarray(image_ids, np.int64), masks=np.asarray(masks, np.uint8))
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def masks_path(out_dir, split):
+    return Path(out_dir) / f"masks_{split}.npz"
+
+
+def load_masks(out_dir, split):
+    """The masks of `split` (a Split), aligned with its rows; a clear error if any id is missing."""
+    path = masks_path(out_dir, split.name)
+    if not path.is_file():
+        raise DatasetError(f"{path}: masks file not found; run the coarse stage (coarse/train.py) first, or point --coarse at its --out")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            ids, masks = f["image_ids"], f["masks"]
+    except Exception as e:
+        raise DatasetError(f"{path}: unreadable masks file ({type(e).__name__}: {e})") from None
+    if ids.ndim != 1 or masks.ndim != 3 or len(ids) != len(masks):
+        raise DatasetError(f"{path}: expected image_ids (N,) and masks (N, h, w), got {ids.shape} and {masks.shape}")
+    where = {int(i): r for r, i in enumerate(ids)}
+    missing = [int(i) for i in split.image_ids if int(i) not in where]
+    if missing:
+        raise DatasetError(
+            f"{path}: masks for {len(missing)} of {len(split)} {split.name} image ids are missing (first: {missing[:5]})"
+        )
+    return masks[[where[int(i)] for i in split.image_ids]]
+
+
+def read_boxes(path):
+    """truth/boxes.csv -> {image_id: (x, y, w, h)}."""
+    boxes = {}
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        if header != ["image_id", "x", "y", "w", "h"]:
+            raise DatasetError(f"{path}: header {header}, expected image_id,x,y,w,h")
+        for line in f:
+            if line.strip():
+                i, x, y, w, h = line.strip().split(",")
+                boxes[int(i)] = (float(x), float(y), float(w), float(h))
+    return boxes
+
+
+def localization_accuracy(cams, sizes, truth, thresholds=THRESHOLDS):
+    """Share of images whose mask box (largest component) has IoU >= 0.5 with the true box.
+
+    cams: (N, h, w) normalised CAMs; sizes: (N, 2) image (width, height); truth: list of boxes.
+    Returns {threshold: share}, and the centred-box baseline at each threshold: a box centred in
+    the image, with the image's aspect and the mean area fraction of that threshold's boxes.
+    """
+    n, h, w = cams.shape
+    acc, centred = {}, {}
+    for t in thresholds:
+        boxes, fracs = [], []
+        for i in range(n):
+            b = mask_to_box((cams[i] >= t).astype(np.uint8)) if cams[i].max() > 0 else None
+            boxes.append(scale_box(b, sizes[i][0] / w, sizes[i][1] / h))
+            fracs.append(0.0 if b is None else b[2] * b[3] / (w * h))
+        acc[t] = float(np.mean([box_iou(b, g) >= 0.5 for b, g in zip(boxes, truth)]))
+        s = np.sqrt(np.mean(fracs))
+        cb = [((W - W * s) / 2, (H - H * s) / 2, W * s, H * s) for W, H in sizes]
+        centred[t] = float(np.mean([box_iou(b, g) >= 0.5 for b, g in zip(cb, truth)]))
+    return acc, centred

@@ -1,0 +1,100 @@
+"""Self-describing checkpoints, written atomically and loaded with weights_only=True.
+
+One dict: model, optimizer, scaler, epoch (completed), step (optimizer steps so far),
+step_in_epoch (steps into the epoch in progress, for a mid-epoch save), args, model_args (what
+rebuilds the model), class_ids (the category id of each class index).
+"""
+import io
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_write
+from .errors import CheckpointError
+from .models import build_model
+
+FORMAT = 1
+# Flags that a resumed run must share with the run it continues.
+ESSENTIAL = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size", "crop_k")
+
+
+def _plain(value):
+    """Make args storable under weights_only: paths become strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def save_checkpoint(path, model, optimizer, scaler, epoch, step, step_in_epoch, args, model_args, class_ids):
+    state = {
+        "format": FORMAT,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "step_in_epoch": step_in_epoch,
+        "args": _plain(dict(args)),
+        "model_args": dict(model_args),
+        "class_ids": [int(c) for c in class_ids],
+    }
+    buf = io.BytesIO()  # serialise first: a failure here never touches the file on disk
+    torch.save(state, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model_args" not in ckpt:
+        raise CheckpointError(f"{path}: not a checkpoint of this repository (a plain weights file goes to --pretrained)")
+    return ckpt
+
+
+def check_matches(ckpt, path, kind=None, arch=None, class_ids=None):
+    """Stop with what differs when a checkpoint is not the model the command asks for."""
+    margs = ckpt["model_args"]
+    if kind is not None and margs["kind"] != kind:
+        raise CheckpointError(f"{path}: a {margs['kind']} model, expected a {kind} model")
+    if arch is not None and margs["arch"] != arch:
+        raise CheckpointError(f"{path}: architecture {margs['arch']}, but --arch is {arch}")
+    if class_ids is not None:
+        mine, theirs = [int(c) for c in class_ids], ckpt["class_ids"]
+        if mine != theirs:
+            extra = sorted(set(theirs) - set(mine))[:5]
+            lack = sorted(set(mine) - set(theirs))[:5]
+            raise CheckpointError(
+                f"{path}: class mapping differs from the dataset's: checkpoint has {len(theirs)} classes, "
+                f"dataset {len(mine)}; only in checkpoint: {extra}, only in dataset: {lack}"
+                + ("; same ids, other order" if not extra and not lack else "")
+            )
+
+
+def check_resume(ckpt, path, args):
+    """--resume with other essential flags than the saved run is an error naming each difference."""
+    saved = ckpt["args"]
+    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {args.get(k)!r}" for k in ESSENTIAL if saved.get(k) != args.get(k)]
+    if diffs:
+        raise CheckpointError(f"{path}: --resume with changed essential flags: {'; '.join(diffs)}")
+
+
+def model_from_checkpoint(ckpt):
+    """Rebuild the model from the checkpoint alone and load its weights."""
+    m = ckpt["model_args"]
+    model = build_model(m["kind"], m["arch"], m["num_classes"], pretrained=None, freeze=m.get("freeze", True))
+    model.load_state_dict(ckpt["model"])
+    return model

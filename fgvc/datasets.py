@@ -1,0 +1,88 @@
+"""torch Datasets over a Split, the epoch sampler, and the data loader.
+
+Every sample carries its own random generator, seeded by (seed, epoch, index): augmentations do
+not depend on the number of workers, on the process, or on where a resumed run starts.
+An unreadable image does not crash a worker: the sample comes back with ok=False (and a blank
+tensor of the right shape), and the engine leaves it out and counts it.
+"""
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .image import BadImage, read_rgb
+
+
+class ImageDataset(Dataset):
+    """(uint8 tensor, class index or -1, row index, ok) for each image of `split`.
+
+    `transform(img, rng)`, or `transform(img, mask, rng)` when `masks` (N, h, w) are given.
+    """
+
+    def __init__(self, split, transform, seed=0, masks=None):
+        self.split, self.transform, self.seed, self.masks = split, transform, seed, masks
+        no_mask = None if masks is None else np.zeros((4, 4), np.uint8)
+        self.blank = self._apply(np.zeros((8, 8, 3), np.uint8), no_mask, np.random.default_rng(0)).zero_()
+
+    def __len__(self):
+        return len(self.split)
+
+    def _apply(self, img, mask, rng):
+        return self.transform(img, rng) if mask is None else self.transform(img, mask, rng)
+
+    def __getitem__(self, item):
+        epoch, i = item if isinstance(item, tuple) else (0, item)
+        label = -1 if self.split.labels is None else int(self.split.labels[i])
+        rng = np.random.default_rng([self.seed, epoch, i])
+        try:
+            img = read_rgb(self.split.path(i))
+        except BadImage:
+            return self.blank.clone(), label, i, False
+        return self._apply(img, None if self.masks is None else self.masks[i], rng), label, i, True
+
+
+def shard(n, rank, world):
+    """Row indices of this process for inference: rank, rank + world, ... (no padding)."""
+    return list(range(rank, n, world))
+
+
+class EpochSampler(Sampler):
+    """Training order: a permutation seeded by (seed, epoch), padded to a multiple of `world` so
+    every process runs the same number of steps, dealt out rank by rank; `start` skips the samples
+    this process already saw in the epoch (resume mid-epoch). Yields (epoch, index) pairs."""
+
+    def __init__(self, n, seed=0, rank=0, world=1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch, start=0):
+        self.epoch, self.start = epoch, start
+
+    def _mine(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        total = math.ceil(self.n / self.world) * self.world
+        perm += perm[: total - self.n]
+        return perm[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in self._mine()[self.start :]])
+
+    def __len__(self):
+        return max(0, math.ceil(self.n / self.world) - self.start)
+
+
+def make_loader(dataset, batch_size, workers, device, sampler=None, persistent=False):
+    """DataLoader with pinned memory and (optionally) persistent workers on CUDA."""
+    cuda = torch.device(device).type == "cuda"
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=cuda,
+        persistent_workers=persistent and workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,281 @@
+"""The training engine shared by the coarse and the fine stage, and batched prediction.
+
+SGD with Nesterov momentum 0.9 and weight decay 5e-4; the backbone learns at
+`backbone_lr_ratio` (0.1) times the head's rate; both follow the original's per-epoch triangle.
+Mixed precision with torch.autocast (bf16, or fp16 with a GradScaler); a checkpoint at the end of
+every epoch and every `save_every` steps; `resume` continues from it, mid-epoch included.
+"""
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import dist
+from .checkpoint import check_resume, load_checkpoint, save_checkpoint, unwrap
+from .datasets import EpochSampler, make_loader, shard
+from .errors import BadImagesError, CheckpointError, NonFiniteLoss, UserError
+from .metrics import topk
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def seed_everything(seed):
+    """random, numpy and torch (all devices). Samples seed their own generators (datasets.py)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def triangle(epoch, epochs):
+    """The original's lr factor for 0-based `epoch` of `epochs`: rises to 1 mid-run, then falls."""
+    return 1.0 - abs(2.0 * (epoch + 1) / (epochs + 1) - 1.0)
+
+
+def autocast_for(device, amp):
+    """A context factory: torch.autocast for 'bf16'/'fp16', a no-op for 'off'."""
+    device = torch.device(device)
+    if amp == "off":
+        return nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def prepare_model(model, device):
+    """Move to the device; channels_last and cudnn.benchmark on CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def to_device(x, device):
+    x = x.to(device, non_blocking=True)
+    if x.device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class BadImageCounter:
+    """Distinct unreadable images seen by this process; stops the run past `limit`."""
+
+    def __init__(self, split, limit):
+        self.split, self.limit, self.rows = split, limit, set()
+
+    def add(self, rows):
+        self.rows.update(int(r) for r in rows)
+
+    def check(self, total):
+        if total > self.limit:
+            paths = [str(self.split.path(r)) for r in sorted(self.rows)[:10]]
+            raise BadImagesError(
+                f"{self.split.json_path.name}: {int(total)} unreadable images, more than --max-bad-images "
+                f"{self.limit} (first: {', '.join(paths)})"
+            )
+
+    def report(self):
+        if self.rows:
+            names = ", ".join(str(self.split.path(r)) for r in sorted(self.rows)[:5])
+            print(f"skipped {len(self.rows)} unreadable {self.split.name} images (first: {names})", flush=True)
+
+
+@torch.inference_mode()
+def predict(model, dataset, batch_size, workers, device, amp, rows=None, desc=None):
+    """Yield (rows, probabilities (B, K) float32 numpy, ok (B,) bool) over `dataset`.
+
+    A 5-D batch (B, crops, 3, H, W) is scored as B*crops images and the softmax averaged over the
+    crops. `rows` restricts (and orders) the rows, e.g. this process's shard.
+    """
+    model.eval()
+    autocast = autocast_for(device, amp)
+    rows = list(range(len(dataset))) if rows is None else rows
+    loader = make_loader(dataset, batch_size, workers, device, sampler=rows)
+    for x, _, idx, ok in tqdm(loader, desc=desc, disable=desc is None or not dist.is_main(), leave=False):
+        crops = x.shape[1] if x.dim() == 5 else 1
+        x = to_device(x.flatten(0, 1) if x.dim() == 5 else x, device)
+        with autocast():
+            logits = model(x)
+        probs = logits.float().softmax(1).view(len(idx), crops, -1).mean(1)
+        yield idx.numpy(), probs.cpu().numpy(), ok.numpy()
+
+
+def evaluate(model, dataset, batch_size, workers, device, amp, ks=(1, 2, 3, 4, 5)):
+    """Top-k errors of `model` on a labelled dataset, over all processes (each scores a shard)."""
+    hits = np.zeros(len(ks))
+    n = 0
+    rows = shard(len(dataset), dist.rank(), dist.world())
+    for idx, probs, _ in predict(model, dataset, batch_size, workers, device, amp, rows, desc="val"):
+        labels = dataset.split.labels[idx]
+        top = topk(probs, max(ks)) == labels[:, None]
+        hits += [top[:, :k].any(1).sum() for k in ks]
+        n += len(idx)
+    totals = dist.all_sum(list(hits) + [n], device)
+    return {k: 1.0 - h / max(1.0, totals[-1]) for k, h in zip(ks, totals[:-1])}
+
+
+def make_optimizer(model, lr, backbone_lr_ratio, momentum=0.9, weight_decay=5e-4):
+    body, head = unwrap(model).param_groups()
+    groups = [{"params": body, "lr_ratio": backbone_lr_ratio}, {"params": head, "lr_ratio": 1.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+def set_lr(optimizer, lr, epoch, epochs):
+    factor = triangle(epoch, epochs)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_ratio"] * factor
+    return lr * factor
+
+
+class Logger:
+    """tensorboardX scalars and one JSON line per epoch; only the main process writes."""
+
+    def __init__(self, out_dir, enabled):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "log.jsonl"
+        self.tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
+
+    def scalar(self, tag, value, step):
+        if self.tb is not None:
+            self.tb.add_scalar(tag, value, step)
+
+    def epoch(self, record):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.tb.flush()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
+    """Train `model` on `train_set`, validating on `val_set` every epoch; returns the model.
+
+    `cfg` is the dict of the stage's flags (epochs, batch_size, lr, backbone_lr_ratio, amp,
+    workers, seed, resume, save_every, max_bad_images, log_every, sync_bn, ...): it is stored in
+    every checkpoint, and a resumed run must agree with it on checkpoint.ESSENTIAL.
+    """
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT
+    main = dist.is_main()
+    epochs, batch_size = cfg["epochs"], cfg["batch_size"]
+    model = prepare_model(model, device)
+    optimizer = make_optimizer(model, cfg["lr"], cfg["backbone_lr_ratio"])
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg["amp"] == "fp16")
+    autocast = autocast_for(device, cfg["amp"])
+
+    start_epoch, step, skip = 0, 0, 0
+    if ckpt_path.exists() and not cfg["resume"]:
+        raise CheckpointError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    if cfg["resume"] and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        check_resume(ckpt, ckpt_path, cfg)
+        if ckpt["class_ids"] != [int(c) for c in class_ids]:
+            raise CheckpointError(f"{ckpt_path}: --resume on a dataset with other classes")
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step, skip = ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]
+        if main:
+            print(f"resuming {ckpt_path}: epoch {start_epoch + 1}/{epochs}, step {step} ({skip} into the epoch)", flush=True)
+    elif cfg["resume"] and main:
+        print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
+
+    if dist.enabled():
+        if cfg.get("sync_bn"):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [device.index] if torch.device(device).type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank(), dist.world())
+    loader = make_loader(train_set, batch_size, cfg["workers"], device, sampler=sampler, persistent=True)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world()) / batch_size)
+    logger = Logger(out_dir, main)
+    bad = BadImageCounter(train_set.split, cfg["max_bad_images"])
+
+    def save(epoch_done, step_in_epoch):
+        if main:
+            save_checkpoint(ckpt_path, model, optimizer, scaler, epoch_done, step, step_in_epoch, cfg, model_args, class_ids)
+        dist.barrier()
+
+    for epoch in range(start_epoch, epochs):
+        lr = set_lr(optimizer, cfg["lr"], epoch, epochs)
+        sampler.set_epoch(epoch, start=skip * batch_size)
+        torch.manual_seed(cfg["seed"] * 1000 + epoch * 100_000 + skip)  # dropout
+        model.train()
+        loss_sum, seen, t0 = 0.0, 0, time.time()
+        bar = tqdm(loader, total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", disable=not main, dynamic_ncols=True)
+        step_in_epoch = skip
+        for x, y, idx, ok in bar:
+            if not ok.all():
+                bad.add(idx[~ok].tolist())
+            keep = ok if ok.any() else torch.ones_like(ok)
+            x, y = to_device(x[keep], device), y[keep].to(device, non_blocking=True)
+            with autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if not ok.any():
+                loss = loss * 0.0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            step_in_epoch += 1
+            batch_loss, batch_n, n_bad = dist.all_sum([loss.item() * len(y), float(len(y)), float(len(bad.rows))], device)
+            if not math.isfinite(batch_loss):
+                raise NonFiniteLoss(
+                    f"non-finite loss ({batch_loss / batch_n}) at epoch {epoch + 1}, step {step_in_epoch} of the epoch "
+                    f"(global step {step}); the last good checkpoint {ckpt_path} is kept. Lower --lr or try --amp off"
+                )
+            bad.check(n_bad)
+            loss_sum += batch_loss
+            seen += batch_n
+            rate = seen / max(1e-9, time.time() - t0)
+            if main:
+                bar.set_postfix(loss=f"{batch_loss / batch_n:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                if step % cfg["log_every"] == 0:
+                    logger.scalar("train/loss", batch_loss / batch_n, step)
+            if cfg["save_every"] and step % cfg["save_every"] == 0 and step_in_epoch < steps_per_epoch:
+                save(epoch, step_in_epoch)
+        bar.close()
+        skip = 0
+        train_time = time.time() - t0
+        errors = evaluate(model, val_set, cfg["eval_batch_size"], cfg["workers"], device, cfg["amp"]) if val_set is not None else {}
+        save(epoch + 1, 0)
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": lr,
+            "train_loss": loss_sum / max(1.0, seen),
+            "images_per_s": seen / max(1e-9, train_time),
+            "time_s": round(time.time() - t0, 2),
+            **{f"val_top{k}_err": e for k, e in errors.items()},
+        }
+        if main:
+            logger.scalar("train/lr", lr, epoch + 1)
+            logger.scalar("train/epoch_loss", record["train_loss"], epoch + 1)
+            for k, e in errors.items():
+                logger.scalar(f"val/top{k}_err", e, epoch + 1)
+            logger.epoch(record)
+            shown = ", ".join(f"top-{k} err {errors[k]:.3f}" for k in (1, 5) if k in errors)
+            print(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}, {record['images_per_s']:.1f} img/s" + (f", val {shown}" if shown else ""), flush=True)
+    bad.report()
+    logger.close()
+    return unwrap(model)

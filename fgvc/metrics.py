@@ -1,0 +1,38 @@
+"""Top-k errors, and errors per train-frequency group of classes."""
+import numpy as np
+
+
+def topk(probs, k=5):
+    """Indices of the k largest entries of each row, best first (ties: lower index first)."""
+    k = min(k, probs.shape[1])
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+def topk_errors(probs, labels, ks=(1, 5)):
+    """{k: share of rows whose label is not among the k best}."""
+    hit = topk(probs, max(ks)) == np.asarray(labels)[:, None]
+    return {k: float(1.0 - hit[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def frequency_groups(counts):
+    """Classes split by train count into thirds: {'many': mask, 'medium': mask, 'few': mask}, cut-offs.
+
+    Fixed cut-offs (the usual >100 / 20-100 / <20) would put 800, 209 and 1 of iNat 2019's 1,010
+    classes in the three groups; terciles of the data's own counts give groups of equal size.
+    """
+    counts = np.asarray(counts)
+    lo, hi = np.quantile(counts, [1 / 3, 2 / 3])
+    groups = {"many": counts > hi, "medium": (counts > lo) & (counts <= hi), "few": counts <= lo}
+    return groups, (float(lo), float(hi))
+
+
+def group_errors(probs, labels, counts):
+    """{group: (top-1 error, number of images)} over the frequency groups of the labels' classes."""
+    groups, _ = frequency_groups(counts)
+    pred = np.argmax(probs, axis=1)
+    labels = np.asarray(labels)
+    out = {}
+    for name, in_group in groups.items():
+        rows = in_group[labels]
+        out[name] = (float((pred[rows] != labels[rows]).mean()) if rows.any() else float("nan"), int(rows.sum()))
+    return out

@@ -1,0 +1,54 @@
+"""Stage 2: the fine classifier, trained from ImageNet weights on crops around the coarse masks.
+
+    cd fine && python3 train.py                       # the original: senet154, 448 px crops, 32 epochs
+    torchrun --nproc_per_node 4 fine/train.py ...     # several GPUs (see README)
+
+Reads  --data/{train,val}2019.json and their images; --coarse/masks_{train,val}.npz;
+       --pretrained (res/senet154-c7b49a05.pth).
+Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
+
+from fgvc import cli, dist
+from fgvc.cam import load_masks
+from fgvc.crop import CropTransform
+from fgvc.data import load_dataset
+from fgvc.datasets import ImageDataset
+from fgvc.engine import fit, seed_everything
+from fgvc.models import build_model, model_args, require_weights, weights_path_arg
+from fgvc.paths import resolve
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Fine stage: classifier on CAM crops")
+    cli.add_data_args(parser, out_default="fine/out")
+    parser.add_argument("--coarse", default="coarse/out", help="directory with the coarse stage's masks_{train,val}.npz (default: coarse/out)")
+    cli.add_model_args(parser)
+    parser.add_argument("--crop-k", type=float, default=2.0, help="crop side = sqrt(k * mask area) in training (default: 2)")
+    cli.add_train_args(parser)
+    return parser
+
+
+def main(args):
+    device = dist.setup(args.device)
+    seed_everything(args.seed)
+    pretrained = weights_path_arg(args.pretrained, args.arch)
+    if pretrained:
+        require_weights(pretrained, args.arch)
+    classes, splits = load_dataset(resolve(args.data), splits=("train", "val"))
+    coarse = resolve(args.coarse)
+    train_set = ImageDataset(splits["train"], CropTransform(args.img_size, args.crop_k, train=True), args.seed,
+                             masks=load_masks(coarse, splits["train"]))
+    val_set = ImageDataset(splits["val"], CropTransform(args.img_size, args.crop_k, train=False), args.seed,
+                           masks=load_masks(coarse, splits["val"]))
+    model = build_model("fine", args.arch, len(classes), pretrained, args.freeze)
+    margs = model_args("fine", args.arch, len(classes), args.freeze)
+    fit(model, train_set, val_set, cli.config(args), resolve(args.out), classes.ids, margs, device)
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())
