@@ -77,7 +77,7 @@ def evaluation_table(scores, labels, prior, counts, tau):
         f"{f'{g} ({sizes[g]})':>14}" for g in groups)
     lines = [head, "-" * len(head)]
     for name, probs in scores.items():
-        for t in (0.0, tau):
+        for t in dict.fromkeys((0.0, tau)):
             p = prior_correct(probs, prior, t)
             e = topk_errors(p, labels)
             ge = group_errors(p, labels, counts)
