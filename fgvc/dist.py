@@ -71,6 +71,14 @@ def broadcast_object(obj):
     return box[0]
 
 
+def sync_buffers(module):
+    """Give every process rank 0's buffers (batch-norm statistics): DDP broadcasts them only at
+    the start of each training forward, so after the last step each rank holds its own."""
+    if enabled():
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
 def cleanup():
     if enabled():
         dist.destroy_process_group()

@@ -197,6 +197,8 @@ def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
     elif cfg["resume"] and main:
         print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
 
+    if cfg.get("sync_bn") and torch.device(device).type != "cuda":
+        raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
     if dist.enabled():
         if cfg.get("sync_bn"):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -257,7 +259,8 @@ def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
         bar.close()
         skip = 0
         train_time = time.time() - t0
-        errors = evaluate(model, val_set, cfg["eval_batch_size"], cfg["workers"], device, cfg["amp"]) if val_set is not None else {}
+        dist.sync_buffers(unwrap(model))  # evaluate, save and localize with rank 0's statistics
+        errors = evaluate(unwrap(model), val_set, cfg["eval_batch_size"], cfg["workers"], device, cfg["amp"]) if val_set is not None else {}
         save(epoch + 1, 0)
         record = {
             "epoch": epoch + 1,
