@@ -104,7 +104,7 @@ def main(args):
     val_probs = None
     if need_val:
         val = splits["val"]
-        val_probs, _ = scorer(val)
+        val_probs, val_ok = scorer(val)
         if args.tau == "auto":
             tau, errs = choose_tau(val_probs, val.labels, prior, TAU_GRID)
             if main_rank:
@@ -120,7 +120,7 @@ def main(args):
 
     split = splits[args.split]
     if args.split == "val":
-        top, ok = topk(prior_correct(val_probs, prior, tau), 5), np.ones(len(split), bool)
+        top, ok = topk(prior_correct(val_probs, prior, tau), 5), val_ok
     else:
         top, ok = scorer(split, reduce=lambda p: topk(prior_correct(p, prior, tau), 5))
     fallback = topk(prior[None], 5)[0]  # an unreadable image gets the 5 most frequent train classes

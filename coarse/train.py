@@ -45,8 +45,7 @@ def get_args_parser():
     return parser
 
 
-def train(args, cfg, classes, splits, out, device):
-    pretrained = weights_path_arg(args.pretrained, args.arch)
+def train(args, cfg, classes, splits, out, device, pretrained):
     model = build_model("coarse", args.arch, len(classes), pretrained, args.freeze)
     train_set = ImageDataset(splits["train"], TrainTransform(args.img_size, args.resize, fill=mean_pixel(args.arch)), args.seed)
     val_set = ImageDataset(splits["val"], EvalTransform(args.img_size), args.seed)
@@ -87,8 +86,9 @@ def main(args):
     seed_everything(args.seed)
     if min(args.mask_size) < 32:
         raise UserError(f"--mask-size {args.mask_size}: at least 32 x 32")
-    if not args.localize_only and weights_path_arg(args.pretrained, args.arch):
-        require_weights(weights_path_arg(args.pretrained, args.arch), args.arch)  # stop at once, not after reading the data
+    pretrained = weights_path_arg(args.pretrained, args.arch)
+    if pretrained and not args.localize_only:
+        require_weights(pretrained, args.arch)  # stop at once, not after reading the data
     cfg = cli.config(args)
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))
@@ -97,7 +97,7 @@ def main(args):
         check_matches(ckpt, out / CHECKPOINT, kind="coarse", arch=args.arch, class_ids=classes.ids)
         model = model_from_checkpoint(ckpt)
     else:
-        model = train(args, cfg, classes, splits, out, device)
+        model = train(args, cfg, classes, splits, out, device, pretrained)
     localize_splits(prepare_model(model, device), args, cfg, splits, out, device)
 
 

@@ -14,6 +14,9 @@ from .errors import CheckpointError
 from .models import build_model
 
 FORMAT = 1
+# Keys every checkpoint has (load_checkpoint refuses a file without them).
+REQUIRED = ("model", "optimizer", "scaler", "epoch", "step", "step_in_epoch", "args", "model_args", "class_ids")
+MODEL_ARGS = ("kind", "arch", "num_classes")
 # Flags that a resumed run must share with the run it continues.
 ESSENTIAL = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size", "crop_k")
 
@@ -62,6 +65,10 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model_args" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this repository (a plain weights file goes to --pretrained)")
+    lacks = [k for k in REQUIRED if k not in ckpt] + [f"model_args.{k}" for k in MODEL_ARGS if k not in (ckpt["model_args"] or {})]
+    if lacks:
+        raise CheckpointError(f"{path}: incomplete checkpoint, no {', '.join(lacks)}")
+    ckpt["path"] = str(path)  # where it was read from, for error messages; never saved
     return ckpt
 
 
@@ -96,5 +103,15 @@ def model_from_checkpoint(ckpt):
     """Rebuild the model from the checkpoint alone and load its weights."""
     m = ckpt["model_args"]
     model = build_model(m["kind"], m["arch"], m["num_classes"], pretrained=None, freeze=m.get("freeze", True))
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt)
     return model
+
+
+def load_weights(model, ckpt):
+    """load_state_dict, with a one-line CheckpointError when the weights do not fit the model."""
+    path = ckpt.get("path", "checkpoint")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: weights do not fit the model it describes ({first})") from None

@@ -195,8 +195,13 @@ def read_split(root, name, classes=None, check_files=True):
 
 
 def check_image_files(split):
-    """Fail at start, not at step 30,000: every listed image file must exist."""
-    missing = [f for f in split.file_names if not (split.root / f).is_file()]
+    """Fail at start, not at step 30,000: every listed image file must exist.
+
+    Nothing at the path (or a link to nothing) is a missing file: the dataset is incomplete and no
+    stage starts. Something there that cannot be decoded (a directory, no read permission, bad
+    bytes) is a bad image: every stage skips and counts it (see datasets.ImageDataset).
+    """
+    missing = [f for f in split.file_names if not (split.root / f).exists()]
     if missing:
         first = ", ".join(missing[:5])
         raise DatasetError(

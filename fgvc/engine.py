@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dist
-from .checkpoint import check_resume, load_checkpoint, save_checkpoint, unwrap
+from .checkpoint import check_matches, check_resume, load_checkpoint, load_weights, save_checkpoint, unwrap
 from .datasets import EpochSampler, make_loader, shard
 from .errors import BadImagesError, CheckpointError, NonFiniteLoss, UserError
 from .metrics import topk
@@ -110,15 +110,18 @@ def predict(model, dataset, batch_size, workers, device, amp, rows=None, desc=No
 
 
 def evaluate(model, dataset, batch_size, workers, device, amp, ks=(1, 2, 3, 4, 5)):
-    """Top-k errors of `model` on a labelled dataset, over all processes (each scores a shard)."""
+    """Top-k errors of `model` on a labelled dataset, over all processes (each scores a shard).
+
+    Unreadable images are left out (and counted by the training run's own policy).
+    """
     hits = np.zeros(len(ks))
     n = 0
     rows = shard(len(dataset), dist.rank(), dist.world())
-    for idx, probs, _ in predict(model, dataset, batch_size, workers, device, amp, rows, desc="val"):
-        labels = dataset.split.labels[idx]
-        top = topk(probs, max(ks)) == labels[:, None]
+    for idx, probs, ok in predict(model, dataset, batch_size, workers, device, amp, rows, desc="val"):
+        labels = dataset.split.labels[idx[ok]]
+        top = topk(probs[ok], max(ks)) == labels[:, None]
         hits += [top[:, :k].any(1).sum() for k in ks]
-        n += len(idx)
+        n += int(ok.sum())
     totals = dist.all_sum(list(hits) + [n], device)
     return {k: 1.0 - h / max(1.0, totals[-1]) for k, h in zip(ks, totals[:-1])}
 
@@ -186,9 +189,8 @@ def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
     if cfg["resume"] and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         check_resume(ckpt, ckpt_path, cfg)
-        if ckpt["class_ids"] != [int(c) for c in class_ids]:
-            raise CheckpointError(f"{ckpt_path}: --resume on a dataset with other classes")
-        unwrap(model).load_state_dict(ckpt["model"])
+        check_matches(ckpt, ckpt_path, class_ids=class_ids)
+        load_weights(unwrap(model), ckpt)
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step, skip = ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]
@@ -242,9 +244,10 @@ def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
             step_in_epoch += 1
             batch_loss, batch_n, n_bad = dist.all_sum([loss.item() * len(y), float(len(y)), float(len(bad.rows))], device)
             if not math.isfinite(batch_loss):
+                kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written yet"
                 raise NonFiniteLoss(
                     f"non-finite loss ({batch_loss / batch_n}) at epoch {epoch + 1}, step {step_in_epoch} of the epoch "
-                    f"(global step {step}); the last good checkpoint {ckpt_path} is kept. Lower --lr or try --amp off"
+                    f"(global step {step}); {kept}. Lower --lr or try --amp off"
                 )
             bad.check(n_bad)
             loss_sum += batch_loss

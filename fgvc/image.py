@@ -1,6 +1,6 @@
 """Decoding: any image file -> uint8 RGB (H, W, 3), or a BadImage error saying why.
 
-Grayscale, 16-bit, CMYK, 4-channel (alpha dropped) and PNG bytes under a .jpg name all load as
+Grayscale, 16-bit, CMYK, 4-channel and gray + alpha (alpha dropped) and PNG bytes under a .jpg name all load as
 RGB: OpenCV decodes by content, not by file name. A JPEG without its end-of-image marker
 (truncated) is refused rather than silently padded with grey.
 """
@@ -34,13 +34,22 @@ def read_rgb(path):
         raise BadImage(path, "empty file")
     if _truncated_jpeg(buf):
         raise BadImage(path, "truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None or img.size == 0:
-        raise BadImage(path, "not a decodable image")
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is None or img.size == 0:
+            raise BadImage(path, "not a decodable image")
+        return _to_rgb(img)
+    except cv2.error as e:
+        raise BadImage(path, f"not a decodable image ({(str(e).strip().splitlines() or [''])[-1][:120]})") from None
+
+
+def _to_rgb(img):
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+        img = img[:, :, 0]
     if img.ndim == 2 or img.shape[2] == 1:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:
@@ -49,9 +58,15 @@ def read_rgb(path):
 
 
 def image_sizes(split):
-    """(N, 2) (width, height) of a split's images: from the json, decoding only where it is absent."""
+    """(N, 2) (width, height) of a split's images: from the json, decoding only where it is absent.
+
+    An unreadable image (absent from the json) gets (0, 0).
+    """
     sizes = split.sizes.copy()
     for r in np.flatnonzero((sizes <= 0).any(axis=1)):
-        h, w = read_rgb(split.path(r)).shape[:2]
+        try:
+            h, w = read_rgb(split.path(r)).shape[:2]
+        except BadImage:
+            h, w = 0, 0
         sizes[r] = (w, h)
     return sizes

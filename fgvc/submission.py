@@ -28,8 +28,11 @@ def read_submission(path):
         if f.readline().strip() != "id,predicted":
             raise DatasetError(f"{path}: header is not 'id,predicted'")
         for n, line in enumerate(f, start=2):
-            i, pred = line.rstrip("\n").split(",")
-            out[int(i)] = [int(c) for c in pred.split()]
+            try:
+                i, pred = line.rstrip("\n").split(",")
+                out[int(i)] = [int(c) for c in pred.split()]
+            except ValueError:
+                raise DatasetError(f"{path}: line {n} is not 'id,category ids': {line.strip()[:80]!r}") from None
     return out
 
 
@@ -39,10 +42,13 @@ def read_labels(path):
     with open(path) as f:
         if f.readline().strip() != "id,category_id":
             raise DatasetError(f"{path}: header is not 'id,category_id'")
-        for line in f:
+        for n, line in enumerate(f, start=2):
             if line.strip():
-                i, c = line.strip().split(",")
-                out[int(i)] = int(c)
+                try:
+                    i, c = line.strip().split(",")
+                    out[int(i)] = int(c)
+                except ValueError:
+                    raise DatasetError(f"{path}: line {n} is not 'id,category_id': {line.strip()[:80]!r}") from None
     return out
 
 
