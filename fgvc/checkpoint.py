@@ -18,7 +18,7 @@ FORMAT = 1
 REQUIRED = ("model", "optimizer", "scaler", "epoch", "step", "step_in_epoch", "args", "model_args", "class_ids")
 MODEL_ARGS = ("kind", "arch", "num_classes")
 # Flags that a resumed run must share with the run it continues.
-ESSENTIAL = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size", "crop_k")
+ESSENTIAL = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size", "crop_k", "optimizer")
 
 
 def _plain(value):

@@ -41,6 +41,8 @@ def add_train_args(parser):
     g.add_argument("--batch-size", type=int, default=14, help="images per step and process; the global batch is this times the number of processes (default: 14)")
     g.add_argument("--eval-batch-size", type=int, default=None, help="images per inference batch (default: 2 x --batch-size)")
     g.add_argument("--lr", type=float, default=0.04, help="peak learning rate of the head, for the global batch (default: 0.04)")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd: the original's SGD with Nesterov momentum 0.9; adamw: for short runs from scratch (default: sgd)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
     g.add_argument("--backbone-lr-ratio", type=float, default=0.1, help="backbone lr / head lr (default: 0.1)")
     g.add_argument("--amp", choices=("bf16", "fp16", "off"), default="bf16", help="autocast precision; fp16 (with a GradScaler) on CUDA only (default: bf16)")
     g.add_argument("--seed", type=int, default=0, help="random seed: same seed, same machine, same run (default: 0)")

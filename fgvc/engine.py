@@ -126,10 +126,13 @@ def evaluate(model, dataset, batch_size, workers, device, amp, ks=(1, 2, 3, 4, 5
     return {k: 1.0 - h / max(1.0, totals[-1]) for k, h in zip(ks, totals[:-1])}
 
 
-def make_optimizer(model, lr, backbone_lr_ratio, momentum=0.9, weight_decay=5e-4):
+def make_optimizer(model, lr, backbone_lr_ratio, name="sgd", weight_decay=5e-4):
+    """The original's SGD (Nesterov, momentum 0.9), or AdamW for short from-scratch runs."""
     body, head = unwrap(model).param_groups()
     groups = [{"params": body, "lr_ratio": backbone_lr_ratio}, {"params": head, "lr_ratio": 1.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
 def set_lr(optimizer, lr, epoch, epochs):
@@ -179,7 +182,7 @@ def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
     main = dist.is_main()
     epochs, batch_size = cfg["epochs"], cfg["batch_size"]
     model = prepare_model(model, device)
-    optimizer = make_optimizer(model, cfg["lr"], cfg["backbone_lr_ratio"])
+    optimizer = make_optimizer(model, cfg["lr"], cfg["backbone_lr_ratio"], cfg.get("optimizer", "sgd"), cfg.get("weight_decay", 5e-4))
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg["amp"] == "fp16")
     autocast = autocast_for(device, cfg["amp"])
 
