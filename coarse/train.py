@@ -38,7 +38,7 @@ def get_args_parser():
     cli.add_train_args(parser)
     g = parser.add_argument_group("localization")
     g.add_argument("--localize-only", action="store_true", help="skip training; localize with --out/checkpoint.pt")
-    g.add_argument("--cam-threshold", type=float, default=0.5, help="mask = CAM min-max normalised >= this (default: 0.5)")
+    g.add_argument("--cam-threshold", type=float, default=0.7, help="mask = CAM min-max normalised >= this (default: 0.7)")
     g.add_argument("--cam-class", choices=("label", "predicted"), default="label", help="CAM of the true class on train ('label'), or of the predicted class everywhere (default: label)")
     g.add_argument("--mask-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="mask resolution, at least 32 x 32 (default: 64 64)")
     g.add_argument("--figure", default="fig/sample.png", help="image / mask / overlay grid of a few val images (default: fig/sample.png)")

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+import fgvc.atomic
+from fgvc.submission import read_labels, read_submission, top1_error, write_submission
+
+
+def test_submission_format(tmp_path):
+    path = tmp_path / "submission.csv"
+    ids = [268245, 268243, 268244]
+    predicted = np.array([[71, 108, 339, 341, 560], [5, 4, 3, 2, 1], [1009, 0, 7, 8, 9]])
+    write_submission(path, ids, predicted)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "id,predicted"
+    assert lines[1] == "268245,71 108 339 341 560"
+    assert len(lines) == 4 and all(len(l.split(",")[1].split()) == 5 for l in lines[1:])
+    sub = read_submission(path)
+    assert sub[268243] == [5, 4, 3, 2, 1]
+    (tmp_path / "labels.csv").write_text("id,category_id\n268245,71\n268243,4\n268244,1009\n")
+    assert top1_error(sub, read_labels(tmp_path / "labels.csv")) == pytest.approx(1 / 3)
+
+
+def test_refuses_duplicate_ids_or_missing_rows(tmp_path):
+    with pytest.raises(Exception, match="refusing"):
+        write_submission(tmp_path / "s.csv", [1, 1], np.zeros((2, 5), int))
+    with pytest.raises(Exception, match="refusing"):
+        write_submission(tmp_path / "s.csv", [1, 2, 3], np.zeros((2, 5), int))
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "submission.csv"
+    write_submission(path, [1], [[1, 2, 3, 4, 5]])
+    before = path.read_bytes()
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fgvc.atomic.os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        write_submission(path, [1, 2], [[5, 4, 3, 2, 1], [1, 1, 1, 1, 1]])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
