@@ -25,7 +25,7 @@ from fgvc.data import class_counts, class_prior, load_dataset
 from fgvc.engine import CHECKPOINT
 from fgvc.errors import UserError
 from fgvc.inference import load_stage, score, scoring_dataset
-from fgvc.metrics import frequency_groups, group_errors, topk, topk_errors
+from fgvc.metrics import frequency_groups, topk
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, choose_tau, prior_correct
 from fgvc.submission import read_labels, read_submission, top1_error, write_submission
@@ -69,21 +69,48 @@ class Scorer:
         return score(self.model, dataset, a.batch_size, a.workers, self.device, a.amp, reduce, desc=f"{self.kind} {split.name}")
 
 
-def evaluation_table(scores, labels, prior, counts, tau):
-    """Top-1/top-5 error of each model without and with the correction, and per frequency group."""
+def label_of(kind):
+    return "fine (crops)" if kind == "fine" else "coarse (whole image)"
+
+
+def error_row(top, labels, counts):
+    """(top-1 error, top-5 error, {group: top-1 error}) of top-5 class indices (N, 5)."""
+    hit = top == np.asarray(labels)[:, None]
+    groups, _ = frequency_groups(counts)
+    per_group = {g: float(1 - hit[m[labels], 0].mean()) if m[labels].any() else float("nan") for g, m in groups.items()}
+    return float(1 - hit[:, 0].mean()), float(1 - hit.any(axis=1).mean()), per_group
+
+
+def error_table(rows, counts):
+    """rows: [(model name, tau, top-5 class indices (N, 5), labels)] -> the table as text:
+    top-1/top-5 error, and top-1 error per train-frequency group of classes."""
     groups, (lo, hi) = frequency_groups(counts)
     sizes = {g: int(m.sum()) for g, m in groups.items()}
     head = f"{'model':<24}{'tau':>6}{'top-1 err':>11}{'top-5 err':>11}" + "".join(
         f"{f'{g} ({sizes[g]})':>14}" for g in groups)
     lines = [head, "-" * len(head)]
-    for name, probs in scores.items():
-        for t in dict.fromkeys((0.0, tau)):
-            p = prior_correct(probs, prior, t)
-            e = topk_errors(p, labels)
-            ge = group_errors(p, labels, counts)
-            lines.append(f"{name:<24}{t:>6g}{e[1]:>11.3f}{e[5]:>11.3f}" + "".join(f"{ge[g][0]:>14.3f}" for g in groups))
+    for name, t, top, labels in rows:
+        e1, e5, ge = error_row(top, labels, counts)
+        lines.append(f"{name:<24}{t:>6g}{e1:>11.3f}{e5:>11.3f}" + "".join(f"{ge[g]:>14.3f}" for g in groups))
     lines.append(f"groups: train images per class many > {hi:g} >= medium > {lo:g} >= few; (n) = classes; columns = top-1 error")
     return "\n".join(lines)
+
+
+def evaluation_table(scores, labels, prior, counts, tau):
+    """Each model's errors without and with the correction."""
+    return error_table([(name, t, topk(prior_correct(probs, prior, t), 5), labels)
+                        for name, probs in scores.items() for t in dict.fromkeys((0.0, tau))], counts)
+
+
+def hidden_labels(path, split, classes):
+    """Class index of each image of `split` from truth/test_labels.csv; an error names what is missing."""
+    labels, index = read_labels(path), classes.index()
+    missing = [int(i) for i in split.image_ids if int(i) not in labels]
+    unknown = sorted({c for c in labels.values() if c not in index})
+    if missing or unknown:
+        raise UserError(f"{path}: {len(missing)} {split.name} image ids without a label (first: {missing[:5]}), "
+                        f"{len(unknown)} unknown category ids (first: {unknown[:5]})")
+    return np.array([index[labels[int(i)]] for i in split.image_ids], np.int64)
 
 
 def main(args):
@@ -110,10 +137,10 @@ def main(args):
             if main_rank:
                 print("tau on val (top-1 error): " + ", ".join(f"{t:g}: {e:.3f}" for t, e in errs.items()) + f" -> tau = {tau:g}", flush=True)
         if args.eval or args.split == "val":
-            scores = {f"{args.model} ({'crops' if args.model == 'fine' else 'whole image'})": val_probs}
+            scores = {label_of(args.model): val_probs}
             other = "coarse" if args.model == "fine" else "fine"
             if (resolve(getattr(args, other)) / CHECKPOINT).is_file():
-                scores[f"{other} ({'crops' if other == 'fine' else 'whole image'})"] = Scorer(args, other, classes, device)(val)[0]
+                scores[label_of(other)] = Scorer(args, other, classes, device)(val)[0]
             if main_rank:
                 order = sorted(scores, key=lambda k: not k.startswith("coarse"))
                 print(f"\nval ({len(val)} images, {len(classes)} classes)\n" + evaluation_table({k: scores[k] for k in order}, val.labels, prior, counts, tau), flush=True)
@@ -122,9 +149,25 @@ def main(args):
     if args.split == "val":
         top, ok = topk(prior_correct(val_probs, prior, tau), 5), val_ok
     else:
-        top, ok = scorer(split, reduce=lambda p: topk(prior_correct(p, prior, tau), 5))
+        # the top 5 with the correction, and without it beside them for the table on hidden labels
+        def reduce(p):
+            return np.hstack([topk(prior_correct(p, prior, tau), 5), topk(p, 5)])
+
+        both, ok = scorer(split, reduce=reduce)
+        k = both.shape[1] // 2  # 5, or fewer classes
+        top, uncorrected = both[:, :k], both[:, k:]
     fallback = topk(prior[None], 5)[0]  # an unreadable image gets the 5 most frequent train classes
     top[~ok] = fallback
+    truth = resolve(args.data) / "truth" / "test_labels.csv"
+    scored = args.split == "test" and truth.is_file()  # the toy's hidden labels: score the submission
+    rows = []
+    if scored:
+        uncorrected[~ok] = fallback
+        rows = [(label_of(args.model), t, tp) for t, tp in {0.0: uncorrected, tau: top}.items()]
+        if args.eval and args.model == "fine" and (resolve(args.coarse) / CHECKPOINT).is_file():  # the baseline beside it
+            both, ok_coarse = Scorer(args, "coarse", classes, device)(split, reduce=reduce)  # every process takes part
+            both[~ok_coarse] = np.hstack([fallback, fallback])
+            rows = [(label_of("coarse"), t, both[:, c:c + k]) for t, c in {0.0: k, tau: 0}.items()] + rows
     if not main_rank:
         return
     if (~ok).any():
@@ -133,10 +176,10 @@ def main(args):
     out = resolve(args.submission or ("submission.csv" if args.split == "test" else "submission_val.csv"))
     write_submission(out, split.image_ids, ids[top])
     print(f"{out}: {len(split)} rows, model {args.model}, tau {tau:g}", flush=True)
-    truth = resolve(args.data) / "truth" / "test_labels.csv"
-    if args.split == "test" and truth.is_file():
+    if scored:
+        labels = hidden_labels(truth, split, classes)
+        print(f"\n{split.name} ({len(split)} images), scored on {truth}\n" + error_table([(n, t, tp, labels) for n, t, tp in rows], counts), flush=True)
         print(f"submission top-1 error on the hidden test labels: {top1_error(read_submission(out), read_labels(truth)):.3f}", flush=True)
-
 
 if __name__ == "__main__":
     cli.run(main, get_args_parser())

@@ -17,7 +17,9 @@ from .image import BadImage, read_rgb
 class ImageDataset(Dataset):
     """(uint8 tensor, class index or -1, row index, ok) for each image of `split`.
 
-    `transform(img, rng)`, or `transform(img, mask, rng)` when `masks` (N, h, w) are given.
+    `transform(img, rng)`, or `transform(img, mask, rng)` when `masks` are given: anything whose
+    `masks[i]` is the (h, w) mask of row i, an array (N, h, w) or `cam.PackedMasks` (bit-packed,
+    one mask unpacked per sample).
     """
 
     def __init__(self, split, transform, seed=0, masks=None):

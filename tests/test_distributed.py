@@ -14,9 +14,22 @@ from fgvc.checkpoint import load_checkpoint
 COARSE = [*TINY, "--resize", "56", "--img-size", "48", "--mask-size", "32", "32", "--batch-size", "4"]
 
 
+def torchrun_cmd(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+
+
+def start_training(tmp, data, out, epochs, **popen):
+    """A 2-process coarse run in the background; returns once its first checkpoint exists."""
+    cmd = torchrun_cmd(ROOT / "coarse" / "train.py", "--data", data, "--out", out, *COARSE, "--epochs", epochs, "--figure", tmp / "f.png")
+    p = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, **popen)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    return p
+
+
 def torchrun(*args, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(torchrun_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         raise AssertionError(f"torchrun exited {p.returncode}\n{p.stderr[-3000:]}")
     return p
@@ -58,13 +71,7 @@ def test_sharded_localization_and_test_equal_single_process(runs):
 def test_resume_under_torchrun_after_a_kill(runs):
     tmp, data = runs
     out = tmp / "r"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "coarse" / "train.py"), "--data", str(data), "--out", str(out), *COARSE, "--epochs", "4",
-           "--figure", str(tmp / "f.png")]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
+    p = start_training(tmp, data, out, 4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     torchrun(ROOT / "coarse" / "train.py", "--data", data, "--out", out, *COARSE, "--epochs", "4", "--figure", tmp / "f.png", "--resume")
@@ -74,14 +81,7 @@ def test_resume_under_torchrun_after_a_kill(runs):
 
 def test_a_failing_rank_ends_the_job_with_a_message(runs):
     tmp, data = runs
-    out = tmp / "fail"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "coarse" / "train.py"), "--data", str(data), "--out", str(out), *COARSE, "--epochs", "50",
-           "--figure", str(tmp / "f.png")]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    p = start_training(tmp, data, tmp / "fail", 50, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # SIGKILL one worker (a child of the torchrun agent): the others must not hang in a collective
     workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2

@@ -47,6 +47,17 @@ def test_submission_is_valid(pipeline):
     assert "tau on val" in test.stdout and "coarse (whole image)" in test.stdout and "fine (crops)" in test.stdout
 
 
+def test_hidden_label_table_agrees_with_the_submission(pipeline):
+    _, _, _, _, test = pipeline
+    out = test.stdout.split("scored on ")[1]  # the table on the hidden test labels
+    rows = [line.split() for line in out.splitlines() if line.startswith(("coarse (whole image)", "fine (crops)"))]
+    assert [r[0] for r in rows] == ["coarse", "fine"] or [r[0] for r in rows] == ["coarse", "coarse", "fine", "fine"]
+    tau_used = test.stdout.split("tau = ")[1].split()[0]
+    fine_used = [r for r in rows if r[0] == "fine" and r[2] == tau_used][0]
+    submitted = float(test.stdout.split("submission top-1 error on the hidden test labels: ")[1].split()[0])
+    assert float(fine_used[3]) == pytest.approx(submitted, abs=1e-3)
+
+
 def test_class_mapping_mismatch_fails_clearly(pipeline, tmp_path):
     tmp, _, _, _, _ = pipeline
     other = make_dataset(tmp_path / "other", category_ids=(5, 17, 41))

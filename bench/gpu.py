@@ -1,0 +1,234 @@
+"""GPU figures for the README: SENet154 at 448 px (random weights), on one CUDA device.
+
+    bash bench/gpu.sh            # creates .venv if needed, then runs this; under 8 minutes
+    bash bench/gpu.sh --smoke    # dry run: tiny sizes, any device (checks the script, not the numbers)
+
+Writes bench/gpu_results.json, after every phase (a run cut short keeps what it measured):
+  train_images_per_s        {fp32, bf16, bf16_channels_last}: coarse model, batch 14 (the original's),
+                            SGD step included, synthetic uint8 batches already on the device
+  train_peak_gpu_mb         the same, peak memory allocated by torch
+  loader_images_per_s       the training input pipeline (TrainTransform 448/512 on 800 px JPEGs) with
+                            one loader process per CPU core: can the CPUs feed the GPU?
+  localize_images_per_s     fgvc.cam.localize (logits + CAM -> masks), batch 32, bf16, and
+                            predict_images_per_s (logits only) beside it; localize_overhead = ratio
+  test_images_per_s         fgvc.inference.score on 16 crops an image, 8 images a batch, bf16; and
+  test_batch1_images_per_s  the original's loop (one image's 16 crops a forward pass);
+                            tta_speedup_vs_batch1 = ratio
+  *_peak_gpu_mb             peak memory of each phase
+"""
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import redirect_stderr
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from bench.models import batch1_loop
+from fgvc.cam import localize
+from fgvc.datasets import ImageDataset, make_loader
+from fgvc.engine import autocast_for, make_optimizer, predict, prepare_model, to_device
+from fgvc.inference import score
+from fgvc.models import build_model, mean_pixel
+from fgvc.transforms import TrainTransform
+
+K = 1010
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="GPU benchmark: SENet154 at 448 px -> bench/gpu_results.json")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on any device, to check the script (numbers meaningless)")
+    p.add_argument("--arch", default=None, help="backbone (default: senet154; resnet18 with --smoke)")
+    p.add_argument("--img-size", type=int, default=448, help="input size (default: 448)")
+    p.add_argument("--batch-size", type=int, default=14, help="training batch (default: 14, the original's)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per precision (default: 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first: cudnn.benchmark, allocator (default: 5)")
+    p.add_argument("--images", type=int, default=64, help="images for localization; a quarter of them for test-time crops (default: 64)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "gpu_results.json"), help="results (default: bench/gpu_results.json)")
+    return p
+
+
+class Synthetic(Dataset):
+    """`n` random uint8 images (or `crops` x images) of size x size, made once, with the sample
+    layout of ImageDataset: (tensor, label -1, row, ok)."""
+
+    def __init__(self, n, size, crops=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        shape = (n, 3, size, size) if crops is None else (n, crops, 3, size, size)
+        self.x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        self.split = argparse.Namespace(name="synthetic")
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], -1, i, True
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mb(device):
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+
+
+def train_rate(model, device, amp, channels_last, args):
+    """Training images/s of `model` at one precision and memory format; synthetic batches on the device."""
+    model = prepare_model(model, device) if channels_last else model.to(device, memory_format=torch.contiguous_format)
+    model.train()
+    optimizer = make_optimizer(model, 0.04, 0.1)
+    autocast = autocast_for(device, amp)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (args.batch_size, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=g)
+    x = to_device(x, device) if channels_last else x.to(device)
+    y = torch.randint(0, K, (args.batch_size,), generator=g).to(device)
+
+    def step():
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    reset_peak(device)
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    rate = args.batch_size * args.steps / (time.perf_counter() - t0)
+    del optimizer
+    return rate, peak_mb(device)
+
+
+def timed(fn, device):
+    reset_peak(device)
+    fn()  # warm-up pass
+    sync(device)
+    t0 = time.perf_counter()
+    n = fn()
+    sync(device)
+    return n / (time.perf_counter() - t0), peak_mb(device)
+
+
+def loader_rate(args, device, passes):
+    """The training input pipeline with one loader process per core, over 800 px JPEGs."""
+    from bench.images import make_images
+    from bench.models import image_split
+
+    workers = os.cpu_count() or 1
+    paths = make_images(ROOT / "bench" / "work", workers=workers)  # the images of bench/run.py
+    dataset = ImageDataset(image_split(paths), TrainTransform(args.img_size, round(args.img_size * 512 / 448),
+                                                              fill=mean_pixel(args.arch)))
+    rows = list(range(len(dataset))) * passes
+    loader = make_loader(dataset, args.batch_size, workers, device, sampler=rows)
+    it = iter(loader)
+    next(it)  # workers started
+    t0, n = time.perf_counter(), 0
+    for x, *_ in it:
+        n += len(x)
+    return n / (time.perf_counter() - t0), workers
+
+
+def main(args):
+    if args.smoke:
+        args.img_size, args.batch_size, args.steps, args.warmup, args.images = 64, 2, 2, 1, 8
+    args.arch = args.arch or ("resnet18" if args.smoke else "senet154")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        sys.exit("bench/gpu.py: no CUDA device (use --smoke for a dry run on the CPU)")
+    torch.backends.cudnn.benchmark = True
+    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'smoke'})",
+           "smoke": args.smoke, "torch": torch.__version__, "cuda": torch.version.cuda, "arch": args.arch,
+           "img_size": args.img_size, "batch_size": args.batch_size, "cpu_cores": os.cpu_count(),
+           "tf32_conv": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+    out = Path(args.out)
+
+    def save(phase):
+        res["phases_done"] = res.get("phases_done", []) + [phase]
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"{phase}: done ({time.time() - t_start:.0f} s)", flush=True)
+
+    t_start = time.time()
+    print(f"{res['device']}: {args.arch} at {args.img_size} px", flush=True)
+
+    # 1. training, three ways (the coarse model: what stage 1 trains at 448 px)
+    model = build_model("coarse", args.arch, K, pretrained=None)
+    res["train_images_per_s"], res["train_peak_gpu_mb"] = {}, {}
+    for name, amp, cl in (("fp32", "off", False), ("bf16", "bf16", False), ("bf16_channels_last", "bf16", True)):
+        rate, mb = train_rate(model, device, amp, cl, args)
+        res["train_images_per_s"][name], res["train_peak_gpu_mb"][name] = round(rate, 1), mb
+        save(f"train {name}")
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # 2. can the CPUs feed it? the input pipeline with every core
+    rate, workers = loader_rate(args, device, passes=1 if args.smoke else 10)
+    res["loader_images_per_s"], res["loader_workers"] = round(rate, 1), workers
+    save("loader")
+
+    # 3. localization (coarse model, whole images) vs plain prediction
+    model = prepare_model(build_model("coarse", args.arch, K, pretrained=None), device)
+    data = Synthetic(args.images, args.img_size)
+    bs = 4 if args.smoke else 32
+
+    def run_localize():
+        with redirect_stderr(io.StringIO()):  # its progress bar
+            localize(model, data, bs, 0, device, "bf16", (64, 64), 0.5, use_labels=False)
+        return len(data)
+
+    def run_predict():
+        for _ in predict(model, data, bs, 0, device, "bf16"):
+            pass
+        return len(data)
+
+    res["localize_images_per_s"], res["localize_peak_gpu_mb"] = timed(run_localize, device)
+    res["predict_images_per_s"], _ = timed(run_predict, device)
+    res["localize_overhead"] = round(res["predict_images_per_s"] / res["localize_images_per_s"], 3)
+    save("localize")
+    del model
+
+    # 4. test time: 16 crops an image, batched over images vs the original's batch size 1
+    model = prepare_model(build_model("fine", args.arch, K, pretrained=None), device)
+    crops = Synthetic(max(2, args.images // 4), args.img_size, crops=16)
+
+    def run_batched():
+        score(model, crops, 2 if args.smoke else 8, 0, device, "bf16")
+        return len(crops)
+
+    def run_batch1():
+        batch1_loop(model, crops, "bf16", device)
+        return len(crops)
+
+    res["test_images_per_s"], res["test_peak_gpu_mb"] = timed(run_batched, device)
+    res["test_batch1_images_per_s"], _ = timed(run_batch1, device)
+    res["tta_speedup_vs_batch1"] = round(res["test_images_per_s"] / res["test_batch1_images_per_s"], 3)
+    for k in ("localize_images_per_s", "predict_images_per_s", "test_images_per_s", "test_batch1_images_per_s"):
+        res[k] = round(res[k], 2)
+    res["wall_s"] = round(time.time() - t_start, 1)
+    save("test")
+    print(json.dumps(res, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

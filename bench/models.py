@@ -1,0 +1,105 @@
+"""Model-side measurements on the CPU: the CAM's cost, and batched versus batch-1 test-time crops.
+
+- localize_overhead: `fgvc.cam.localize` (logits and CAM from one forward pass, the CAM of the
+  predicted class upsampled and thresholded into a 64 x 64 mask) over `fgvc.engine.predict` (the
+  same forward pass and a softmax), same model and images. The images are decoded and resized
+  beforehand (an in-memory dataset), so the ratio compares the model side alone: decoding would
+  add the same time to both and hide the difference.
+- tta_speedup_vs_batch1: `fgvc.inference.score` on `MultiCropTransform` crops, 8 images (x their
+  crops) a forward pass, over the original's loop at batch size 1 (one image's crops a forward
+  pass, then the softmax mean of that image). Same model, same crops (same seeds), data loading
+  included in both.
+"""
+import io
+from contextlib import redirect_stderr
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fgvc.cam import localize
+from fgvc.crop import MultiCropTransform
+from fgvc.data import Split
+from fgvc.datasets import ImageDataset
+from fgvc.engine import autocast_for, predict, to_device
+from fgvc.inference import score
+from fgvc.models import build_model
+from fgvc.transforms import EvalTransform
+
+K = 1010  # iNat 2019's classes
+
+
+def image_split(paths):
+    """An unlabelled Split over benchmark images (all in one folder)."""
+    paths = [Path(p) for p in paths]
+    return Split(name="bench", json_path=paths[0].parent / "none.json", root=paths[0].parent,
+                 image_ids=np.arange(len(paths), dtype=np.int64), file_names=[p.name for p in paths],
+                 labels=None, sizes=np.full((len(paths), 2), -1, np.int64))
+
+
+class Preloaded(Dataset):
+    """The samples of a dataset, computed once and kept in memory."""
+
+    def __init__(self, dataset):
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.split = SimpleNamespace(name="bench")
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def localize_vs_predict(paths, arch, img_size, batch_size, amp, rounds, race):
+    model = build_model("coarse", arch, K).eval()
+    data = Preloaded(ImageDataset(image_split(paths), EvalTransform(img_size)))
+    masks = {}
+
+    def run_localize(r):
+        with redirect_stderr(io.StringIO()):  # localize's progress bar
+            masks["m"], _ = localize(model, data, batch_size, 0, "cpu", amp, (64, 64), 0.5, use_labels=False)
+        return len(data)
+
+    def run_predict(r):
+        for _ in predict(model, data, batch_size, 0, "cpu", amp):
+            pass
+        return len(data)
+
+    run_predict(0)  # warm-up: first-call allocations, oneDNN kernel selection
+    t = race({"localize (logits + CAM -> masks)": run_localize, "predict (logits -> softmax)": run_predict}, rounds)
+    return t, masks["m"]
+
+
+@torch.no_grad()
+def batch1_loop(model, dataset, amp, device="cpu"):
+    """The original's test loop: batch size 1, an image's crops as one forward pass."""
+    model.eval()
+    autocast = autocast_for(device, amp)
+    out = []
+    for x, _, _, _ in DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0):
+        with autocast():
+            logits = model(to_device(x[0], device))
+        out.append(logits.float().softmax(1).mean(0).cpu().numpy())
+    return np.stack(out)
+
+
+def tta_batched_vs_batch1(paths, masks, arch, crop_size, batch_size, amp, rounds, race):
+    model = build_model("fine", arch, K).eval()
+    dataset = ImageDataset(image_split(paths), MultiCropTransform(crop_size), seed=0, masks=masks)
+    probs = {}
+
+    def batched(r):
+        probs["batched"], _ = score(model, dataset, batch_size, 0, "cpu", amp)
+        return len(dataset)
+
+    def batch1(r):
+        probs["batch1"] = batch1_loop(model, dataset, amp)
+        return len(dataset)
+
+    batch1(0)  # warm-up
+    t = race({f"test crops, {batch_size} images a batch": batched, "test crops, batch size 1 (original)": batch1}, rounds)
+    agree = float((probs["batched"].argmax(1) == probs["batch1"].argmax(1)).mean())
+    return t, agree, len(MultiCropTransform(crop_size).factors) + len(MultiCropTransform(crop_size).mirror_factors)
