@@ -133,3 +133,24 @@ def test_peak_rss_of_a_child(tmp_path):
     rc, small, _ = peak_rss_mb([script, "10"], tmp_path / "log")
     rc2, large, _ = peak_rss_mb([script, "300"], tmp_path / "log")
     assert rc == rc2 == 0 and small < 200 and 290 < large - small < 320
+
+
+def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
+    # bench/gpu.sh is meant for a bare GPU machine nobody here can reach: its smoke mode (tiny
+    # sizes, any device) keeps it from rotting between GPU runs.
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "gpu.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["phases_done"] == ["train fp32", "train bf16", "train bf16_channels_last", "loader", "localize", "test"]
+    for key in ("loader_images_per_s", "localize_images_per_s", "predict_images_per_s", "test_images_per_s",
+                "test_batch1_images_per_s", "localize_overhead", "tta_speedup_vs_batch1"):
+        assert res[key] > 0, key
+    assert all(v > 0 for v in res["train_images_per_s"].values())
