@@ -25,7 +25,7 @@ from fgvc.data import class_counts, class_prior, load_dataset
 from fgvc.engine import CHECKPOINT
 from fgvc.errors import UserError
 from fgvc.inference import load_stage, score, scoring_dataset
-from fgvc.metrics import frequency_groups, topk
+from fgvc.metrics import frequency_groups, top1_group_errors, topk
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, choose_tau, prior_correct
 from fgvc.submission import read_labels, read_submission, top1_error, write_submission
@@ -76,8 +76,7 @@ def label_of(kind):
 def error_row(top, labels, counts):
     """(top-1 error, top-5 error, {group: top-1 error}) of top-5 class indices (N, 5)."""
     hit = top == np.asarray(labels)[:, None]
-    groups, _ = frequency_groups(counts)
-    per_group = {g: float(1 - hit[m[labels], 0].mean()) if m[labels].any() else float("nan") for g, m in groups.items()}
+    per_group = {g: e for g, (e, _) in top1_group_errors(top[:, 0], labels, counts).items()}
     return float(1 - hit[:, 0].mean()), float(1 - hit.any(axis=1).mean()), per_group
 
 
@@ -180,6 +179,7 @@ def main(args):
         labels = hidden_labels(truth, split, classes)
         print(f"\n{split.name} ({len(split)} images), scored on {truth}\n" + error_table([(n, t, tp, labels) for n, t, tp in rows], counts), flush=True)
         print(f"submission top-1 error on the hidden test labels: {top1_error(read_submission(out), read_labels(truth)):.3f}", flush=True)
+
 
 if __name__ == "__main__":
     cli.run(main, get_args_parser())

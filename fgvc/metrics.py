@@ -28,9 +28,13 @@ def frequency_groups(counts):
 
 def group_errors(probs, labels, counts):
     """{group: (top-1 error, number of images)} over the frequency groups of the labels' classes."""
+    return top1_group_errors(np.argmax(probs, axis=1), labels, counts)
+
+
+def top1_group_errors(pred, labels, counts):
+    """The same from the predicted class indices `pred` (N,)."""
     groups, _ = frequency_groups(counts)
-    pred = np.argmax(probs, axis=1)
-    labels = np.asarray(labels)
+    pred, labels = np.asarray(pred), np.asarray(labels)
     out = {}
     for name, in_group in groups.items():
         rows = in_group[labels]
