@@ -77,7 +77,7 @@ def error_row(top, labels, counts):
     """(top-1 error, top-5 error, {group: top-1 error}) of top-5 class indices (N, 5)."""
     hit = top == np.asarray(labels)[:, None]
     per_group = {g: e for g, (e, _) in top1_group_errors(top[:, 0], labels, counts).items()}
-    return float(1 - hit[:, 0].mean()), float(1 - hit.any(axis=1).mean()), per_group
+    return float((~hit[:, 0]).mean()), float((~hit.any(axis=1)).mean()), per_group
 
 
 def error_table(rows, counts):
