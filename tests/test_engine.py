@@ -96,6 +96,11 @@ def test_resume_continues_from_the_saved_epoch_with_its_optimizer(dataset, tmp_p
     opt_part = load_checkpoint(tmp_path / "part" / "checkpoint.pt")["optimizer"]
     assert opt_full["param_groups"][0]["lr"] == opt_part["param_groups"][0]["lr"]
     assert set(opt_part["state"]) == set(opt_full["state"])  # momentum buffers carried over
+    # resumed at an epoch boundary, it is the same run: same losses, same weights
+    assert resumed[-1]["train_loss"] == full[-1]["train_loss"]
+    w_full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
+    w_part = load_checkpoint(tmp_path / "part" / "checkpoint.pt")["model"]
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
 
 
 def test_non_finite_loss_stops_cleanly_and_keeps_the_checkpoint(dataset, tmp_path, monkeypatch):
