@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent; sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from fgvc import cli, dist
-from fgvc.crop import TTA_FACTORS, TTA_MIRROR_FACTORS
+from fgvc.crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
 from fgvc.data import class_counts, class_prior, load_dataset
 from fgvc.engine import CHECKPOINT
 from fgvc.errors import UserError
@@ -44,6 +44,7 @@ def get_args_parser():
     g.add_argument("--eval", action="store_true", help="also print the evaluation table on val (always on with --split val)")
     g.add_argument("--tau", default="1", help="correction p / prior**tau; 0 turns it off; 'auto' picks it on val (default: 1, the original's division)")
     g.add_argument("--tta-factors", type=float, nargs="*", default=list(TTA_FACTORS), help=f"crop area factors on the image (default: {' '.join(map(str, TTA_FACTORS))})")
+    g.add_argument("--crop-centre", choices=CENTRES, default=None, help="crop-centre rule of the test-time crops (default: the fine model's --crop-centre)")
     g.add_argument("--tta-mirror-factors", type=float, nargs="*", default=list(TTA_MIRROR_FACTORS), help=f"crop area factors on the mirror (default: {' '.join(map(str, TTA_MIRROR_FACTORS))})")
     g = parser.add_argument_group("runtime")
     g.add_argument("--batch-size", type=int, default=8, help="images per batch, each with all its crops (default: 8)")
@@ -65,7 +66,7 @@ class Scorer:
 
     def __call__(self, split, reduce=None):
         a = self.args
-        dataset = scoring_dataset(self.kind, self.ckpt, split, resolve(a.coarse), a.seed, a.tta_factors, a.tta_mirror_factors)
+        dataset = scoring_dataset(self.kind, self.ckpt, split, resolve(a.coarse), a.seed, a.tta_factors, a.tta_mirror_factors, a.crop_centre)
         return score(self.model, dataset, a.batch_size, a.workers, self.device, a.amp, reduce, desc=f"{self.kind} {split.name}")
 
 

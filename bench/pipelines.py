@@ -3,8 +3,9 @@
 - this repo: `fgvc.image.read_rgb` + `fgvc.transforms.TrainTransform(448, 512)`: uint8 throughout,
   resize + rotation + crop + flip in one warp; normalisation is left to the model, on the device.
 - the original (re-implemented faithfully): decode, float32, normalise with the dataset's mean/std
-  at full resolution, THEN short side to 512, rotation in +-15 degrees, random 448 crop, flip,
-  7x7 grid mask (cells set to 0, the normalised mean), to a float32 tensor. Same decoder
+  at full resolution, THEN short side to 512, rotation by an integer angle `randint(-15, 15)` about
+  (w // 2, h // 2) with OpenCV's default border (constant 0: the normalised mean), random 448 crop,
+  flip, 7x7 grid mask (cells set to 0, the normalised mean), to a float32 tensor. Same decoder
   (OpenCV) and OpenCV's float kernels: only the order and the dtype differ from this repo.
 - torchvision's usual ImageNet pipeline: PIL open + RandomResizedCrop(448) + RandomHorizontalFlip
   + ToTensor + Normalize, the same output size.
@@ -16,6 +17,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from fgvc.image import read_rgb
+from fgvc.models import mean_pixel
 from fgvc.transforms import TrainTransform
 
 SIZE, SHORT = 448, 512
@@ -29,7 +31,7 @@ def decode_only(path, seed):
 
 
 def this_repo():
-    t = TrainTransform(SIZE, SHORT)
+    t = TrainTransform(SIZE, SHORT, mean_pixel("senet154"))
 
     def run(path, seed):
         return t(read_rgb(path), np.random.default_rng(seed))  # the generator, as ImageDataset makes it
@@ -37,7 +39,7 @@ def this_repo():
     return run
 
 
-def original(path, seed, size=SIZE, short=SHORT, max_rotation=15.0, grid=7, keep=0.9):
+def original(path, seed, size=SIZE, short=SHORT, max_rotation=15, grid=7, keep=0.9):
     """The original's order of operations, all in float32 (see the module docstring)."""
     rng = np.random.default_rng(seed)
     img = (read_rgb(path).astype(np.float32) - DATASET_MEAN) / DATASET_STD  # full resolution
@@ -45,9 +47,9 @@ def original(path, seed, size=SIZE, short=SHORT, max_rotation=15.0, grid=7, keep
     s = short / min(h, w)
     img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR)
     h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-max_rotation, max_rotation), 1.0)
-    img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    m = cv2.getRotationMatrix2D((w // 2, h // 2), int(rng.integers(-max_rotation, max_rotation)), 1.0)
+    img = cv2.warpAffine(img, m, (w, h))  # the original's call: bilinear, constant border 0
+    x, y = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
     img = img[y : y + size, x : x + size]
     if rng.random() < 0.5:
         img = img[:, ::-1]

@@ -24,7 +24,7 @@ from fgvc.datasets import ImageDataset
 from fgvc.engine import CHECKPOINT, fit, prepare_model, seed_everything
 from fgvc.models import build_model, mean_pixel, model_args, require_weights, weights_path_arg
 from fgvc.paths import resolve
-from fgvc.transforms import EvalTransform, TrainTransform
+from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
 from fgvc.errors import UserError
 from fgvc.image import image_sizes
 from fgvc.viz import save_sample_figure
@@ -34,7 +34,10 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description="Coarse stage: CAM classifier and localization masks")
     cli.add_data_args(parser, out_default="coarse/out")
     cli.add_model_args(parser)
-    parser.add_argument("--resize", type=int, default=512, help="short side before the random crop (default: 512)")
+    parser.add_argument("--resize", type=int, default=512, help="short side before the random crop, and of the whole images localized (default: 512)")
+    parser.add_argument("--rotation", choices=("original", "smooth"), default="original",
+                        help="original: integer angle in [-15, 14], border filled with the mean colour; "
+                             "smooth: continuous angle, reflected border (default: original)")
     cli.add_train_args(parser)
     g = parser.add_argument_group("localization")
     g.add_argument("--localize-only", action="store_true", help="skip training; localize with --out/checkpoint.pt")
@@ -46,10 +49,10 @@ def get_args_parser():
 
 
 def train(args, cfg, classes, splits, out, device, pretrained):
-    model = build_model("coarse", args.arch, len(classes), pretrained, args.freeze)
-    train_set = ImageDataset(splits["train"], TrainTransform(args.img_size, args.resize, fill=mean_pixel(args.arch)), args.seed)
+    model = build_model("coarse", args.arch, len(classes), pretrained, args.freeze, args.dropout, args.frozen_bn)
+    train_set = ImageDataset(splits["train"], TrainTransform(args.img_size, args.resize, mean_pixel(args.arch), rotation=args.rotation), args.seed)
     val_set = ImageDataset(splits["val"], EvalTransform(args.img_size), args.seed)
-    margs = model_args("coarse", args.arch, len(classes), args.freeze)
+    margs = model_args("coarse", args.arch, len(classes), args.freeze, args.dropout)
     return fit(model, train_set, val_set, cfg, out, classes.ids, margs, device)
 
 
@@ -59,7 +62,7 @@ def localize_splits(model, args, cfg, splits, out, device):
     for name, split in splits.items():
         use_labels = name == "train" and args.cam_class == "label"
         keep = name == "val"
-        dataset = ImageDataset(split, EvalTransform(args.img_size), args.seed)
+        dataset = ImageDataset(split, ShortSideTransform(args.resize), args.seed)
         masks, cams = localize(model, dataset, cfg["eval_batch_size"], args.workers, device, args.amp,
                                tuple(args.mask_size), args.cam_threshold, use_labels, keep, args.max_bad_images)
         if dist.is_main():
@@ -89,6 +92,7 @@ def main(args):
     pretrained = weights_path_arg(args.pretrained, args.arch)
     if pretrained and not args.localize_only:
         require_weights(pretrained, args.arch)  # stop at once, not after reading the data
+    cli.resolve_recipe(args, pretrained)
     cfg = cli.config(args)
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))

@@ -18,7 +18,8 @@ FORMAT = 1
 REQUIRED = ("model", "optimizer", "scaler", "epoch", "step", "step_in_epoch", "args", "model_args", "class_ids")
 MODEL_ARGS = ("kind", "arch", "num_classes")
 # Flags that a resumed run must share with the run it continues.
-ESSENTIAL = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size", "crop_k", "optimizer")
+ESSENTIAL = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size", "crop_k",
+             "optimizer", "dropout", "frozen_bn", "rotation", "crop_centre")
 
 
 def _plain(value):
@@ -52,6 +53,17 @@ def save_checkpoint(path, model, optimizer, scaler, epoch, step, step_in_epoch, 
     buf = io.BytesIO()  # serialise first: a failure here never touches the file on disk
     torch.save(state, buf)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def epoch_weights_path(out_dir, epoch):
+    return Path(out_dir) / f"epoch-{epoch}.pt"
+
+
+def save_epoch_weights(out_dir, epoch, model):
+    """--keep-epochs: the model's state dict alone after `epoch` (the original's model-<epoch>)."""
+    buf = io.BytesIO()
+    torch.save(unwrap(model).state_dict(), buf)
+    atomic_write(epoch_weights_path(out_dir, epoch), lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(path):
@@ -102,7 +114,8 @@ def check_resume(ckpt, path, args):
 def model_from_checkpoint(ckpt):
     """Rebuild the model from the checkpoint alone and load its weights."""
     m = ckpt["model_args"]
-    model = build_model(m["kind"], m["arch"], m["num_classes"], pretrained=None, freeze=m.get("freeze", True))
+    model = build_model(m["kind"], m["arch"], m["num_classes"], pretrained=None, freeze=m.get("freeze", True),
+                        dropout=m.get("dropout", 0.25))
     load_weights(model, ckpt)
     return model
 

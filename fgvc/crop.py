@@ -1,9 +1,15 @@
 """The crop rule of the fine stage: a square around the CAM mask, sized by the mask's area.
 
-side = sqrt(k * mask area), the area counted in image pixels; centred on a mask pixel drawn from
-the middle third of the mask's pixels (row-major order, as numpy lists them); clipped to the
-image. k = 2 in training; the test-time crops use several k. An empty or tiny mask (fewer than
-`min_pixels` mask pixels, or a side under `min_side` image pixels) gives the whole image.
+side = sqrt(k * mask area), the area counted in image pixels; clipped to the image (not shifted).
+The centre (`centre=`):
+- 'original' (default, the original's rule): the row and the column are drawn independently,
+  the row from the middle third of the mask's row coordinates and the column from the middle
+  third of its column coordinates, both as `np.nonzero` lists them (row-major). The centre can
+  fall off the mask: for a diagonal band it rarely lands on it.
+- 'on-mask': one mask pixel drawn from the middle third of the mask's pixels (row-major).
+k = 2 in training; the test-time crops use several k. An empty or tiny mask (fewer than
+`min_pixels` mask pixels counted in image pixels, or a side under `min_side` image pixels) gives
+the whole image, as in the original.
 """
 import math
 
@@ -12,23 +18,37 @@ import torch
 
 from .transforms import resize, to_tensor
 
+CENTRES = ("original", "on-mask")
 
-def crop_box(mask, width, height, k=2.0, rng=None, min_pixels=10, min_side=10):
+
+def _middle_third(n, rng):
+    """An index from the middle third of n (numpy's randint(n // 3, n // 3 * 2), as the original),
+    or its middle with rng=None."""
+    lo, hi = n // 3, max(n // 3 + 1, (n // 3) * 2)
+    return (lo + hi) // 2 if rng is None else int(rng.integers(lo, hi))
+
+
+def crop_box(mask, width, height, k=2.0, rng=None, centre="original", min_pixels=10, min_side=10):
     """Box (x0, y0, x1, y1), in pixels of a width x height image, for a mask over that image.
 
     `mask` is a binary (h, w) array covering the whole image at any resolution. With rng=None
-    the centre is the median mask pixel (deterministic, for evaluation).
+    the centre is the middle of the middle third (deterministic, for evaluation).
     """
+    if centre not in CENTRES:
+        raise ValueError(f"centre {centre!r}: one of {CENTRES}")
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     n = len(ys)
     sx, sy = width / w, height / h
     side = math.sqrt(k * n * sx * sy)
-    if n < min_pixels or side < min_side:
+    if n * sx * sy < min_pixels or side < min_side:
         return 0, 0, width, height
-    lo, hi = n // 3, max(n // 3 + 1, (2 * n) // 3)
-    i = (lo + hi) // 2 if rng is None else int(rng.integers(lo, hi))
-    cx, cy = (xs[i] + 0.5) * sx, (ys[i] + 0.5) * sy
+    if centre == "original":
+        row, col = ys[_middle_third(n, rng)], xs[_middle_third(n, rng)]
+    else:
+        i = _middle_third(n, rng)
+        row, col = ys[i], xs[i]
+    cx, cy = (col + 0.5) * sx, (row + 0.5) * sy
     x0, y0 = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
     x1, y1 = min(width, round(cx + side / 2)), min(height, round(cy + side / 2))
     if x1 - x0 < 1 or y1 - y0 < 1:
@@ -40,15 +60,15 @@ class CropTransform:
     """Fine-stage input: the crop given by `crop_box`, resized to size x size.
 
     In training (train=True) the centre is random and the crop is flipped with p = 0.5; in
-    evaluation the centre is the median mask pixel and there is no flip.
+    evaluation the centre is the middle of the middle third and there is no flip.
     """
 
-    def __init__(self, size, k=2.0, train=True):
-        self.size, self.k, self.train = size, k, train
+    def __init__(self, size, k=2.0, train=True, centre="original"):
+        self.size, self.k, self.train, self.centre = size, k, train, centre
 
     def __call__(self, img, mask, rng):
         h, w = img.shape[:2]
-        x0, y0, x1, y1 = crop_box(mask, w, h, self.k, rng if self.train else None)
+        x0, y0, x1, y1 = crop_box(mask, w, h, self.k, rng if self.train else None, self.centre)
         out = resize(img[y0:y1, x0:x1], self.size, self.size)
         if self.train and rng.random() < 0.5:
             out = out[:, ::-1]
@@ -61,20 +81,25 @@ TTA_MIRROR_FACTORS = (0.25, 0.25, 1, 1, 2, 2, 4, 4)
 
 
 class MultiCropTransform:
-    """Test-time crops: one per factor on the image, one per mirror factor on its mirror.
+    """Test-time crops: one per factor on the image, one per mirror factor on its mirror (the
+    mirrored image with the mirrored mask, as the original: the centre rule then lists the mask's
+    columns in the mirror's order).
 
     Each crop's centre is drawn from the middle third of the mask with `rng`, so repeated factors
     give different crops. Returns a uint8 tensor (n_crops, 3, size, size).
     """
 
-    def __init__(self, size, factors=TTA_FACTORS, mirror_factors=TTA_MIRROR_FACTORS):
-        self.size, self.factors, self.mirror_factors = size, tuple(factors), tuple(mirror_factors)
+    def __init__(self, size, factors=TTA_FACTORS, mirror_factors=TTA_MIRROR_FACTORS, centre="original"):
+        self.size, self.factors, self.mirror_factors, self.centre = size, tuple(factors), tuple(mirror_factors), centre
 
     def __call__(self, img, mask, rng):
         h, w = img.shape[:2]
         crops = []
         for k, mirror in [(k, False) for k in self.factors] + [(k, True) for k in self.mirror_factors]:
-            x0, y0, x1, y1 = crop_box(mask, w, h, k, rng)
-            out = resize(img[y0:y1, x0:x1], self.size, self.size)
-            crops.append(to_tensor(out[:, ::-1] if mirror else out))
+            x0, y0, x1, y1 = crop_box(mask[:, ::-1] if mirror else mask, w, h, k, rng, self.centre)
+            if mirror:  # the box on the mirror is (w - x1, w - x0) on the image, flipped
+                out = resize(img[y0:y1, w - x1 : w - x0], self.size, self.size)[:, ::-1]
+            else:
+                out = resize(img[y0:y1, x0:x1], self.size, self.size)
+            crops.append(to_tensor(out))
         return torch.stack(crops)

@@ -75,13 +75,39 @@ class EpochSampler(Sampler):
         return max(0, math.ceil(self.n / self.world) - self.start)
 
 
-def make_loader(dataset, batch_size, workers, device, sampler=None, persistent=False):
+class PadCollate:
+    """Batches images of different sizes: each padded at the bottom and right with `fill` (uint8
+    RGB, the mean pixel) to the batch's largest height and width. Returns (x, labels, rows, ok,
+    sizes (B, 2) (height, width) before padding). Sort the rows by aspect to keep padding small."""
+
+    def __init__(self, fill):
+        self.fill = torch.tensor(fill, dtype=torch.uint8).view(3, 1, 1)
+
+    def __call__(self, batch):
+        imgs, labels, rows, ok = zip(*batch)
+        sizes = torch.tensor([im.shape[1:] for im in imgs], dtype=torch.int64)
+        h, w = sizes.max(0).values.tolist()
+        x = self.fill.expand(len(imgs), 3, h, w).clone()
+        for i, im in enumerate(imgs):
+            x[i, :, : im.shape[1], : im.shape[2]] = im
+        return x, torch.tensor(labels), torch.tensor(rows), torch.tensor(ok), sizes
+
+
+def by_aspect(rows, sizes):
+    """`rows` ordered by the width / height of `sizes` (N, 2) (width, height; <= 0 unknown: 1)."""
+    s = np.asarray(sizes, dtype=np.float64)[rows]
+    aspect = np.where((s > 0).all(1), s[:, 0] / np.maximum(s[:, 1], 1), 1.0)
+    return [rows[i] for i in np.argsort(aspect, kind="stable")]
+
+
+def make_loader(dataset, batch_size, workers, device, sampler=None, persistent=False, collate=None):
     """DataLoader with pinned memory and (optionally) persistent workers on CUDA."""
     cuda = torch.device(device).type == "cuda"
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate,
         shuffle=False,
         num_workers=workers,
         pin_memory=cuda,

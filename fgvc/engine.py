@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dist
-from .checkpoint import check_matches, check_resume, load_checkpoint, load_weights, save_checkpoint, unwrap
+from .checkpoint import check_matches, check_resume, load_checkpoint, load_weights, save_checkpoint, save_epoch_weights, unwrap
 from .datasets import EpochSampler, make_loader, shard
 from .errors import BadImagesError, CheckpointError, NonFiniteLoss, UserError
 from .metrics import topk
@@ -135,6 +135,20 @@ def make_optimizer(model, lr, backbone_lr_ratio, name="sgd", weight_decay=5e-4):
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
+def describe_recipe(model, cfg):
+    """One paragraph: the effective training recipe, printed at the start of every run."""
+    net = unwrap(model)
+    frozen = ", ".join(net.frozen) if net.frozen else "nothing"
+    bn = f", their batch norm {'updating (--frozen-bn train)' if net.frozen_bn == 'train' else 'fixed (--frozen-bn eval)'}" if net.frozen else ""
+    opt = cfg.get("optimizer", "sgd")
+    opt = "SGD, Nesterov momentum 0.9" if opt == "sgd" else "AdamW"
+    ratio = cfg["backbone_lr_ratio"]
+    return (f"recipe: {opt}, weight decay {cfg.get('weight_decay', 5e-4):g}; peak lr head {cfg['lr']:g}, "
+            f"backbone {cfg['lr'] * ratio:g} (x{ratio:g}); the original's triangle over {cfg['epochs']} epochs; "
+            f"batch {cfg['batch_size']} x {dist.world()} process(es); frozen: {frozen}{bn}; "
+            f"Dropout2d {net.dropout.p:g}; amp {cfg['amp']}")
+
+
 def set_lr(optimizer, lr, epoch, epochs):
     factor = triangle(epoch, epochs)
     for g in optimizer.param_groups:
@@ -210,6 +224,8 @@ def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
         ids = [device.index] if torch.device(device).type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    if main:
+        print(describe_recipe(model, cfg), flush=True)
     sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank(), dist.world())
     loader = make_loader(train_set, batch_size, cfg["workers"], device, sampler=sampler, persistent=True)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world()) / batch_size)
@@ -268,6 +284,8 @@ def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
         dist.sync_buffers(unwrap(model))  # evaluate, save and localize with rank 0's statistics
         errors = evaluate(unwrap(model), val_set, cfg["eval_batch_size"], cfg["workers"], device, cfg["amp"]) if val_set is not None else {}
         save(epoch + 1, 0)
+        if cfg.get("keep_epochs") and main:
+            save_epoch_weights(out_dir, epoch + 1, model)
         record = {
             "epoch": epoch + 1,
             "step": step,

@@ -22,12 +22,15 @@ def load_stage(out_dir, kind, classes, device):
     return prepare_model(model_from_checkpoint(ckpt), device), ckpt
 
 
-def scoring_dataset(kind, ckpt, split, coarse_dir, seed=0, factors=None, mirror_factors=None):
-    """Whole images for the coarse model; the multi-crop set around the masks for the fine model."""
+def scoring_dataset(kind, ckpt, split, coarse_dir, seed=0, factors=None, mirror_factors=None, centre=None):
+    """Whole images for the coarse model; the multi-crop set around the masks for the fine model,
+    with the crop-centre rule `centre` (None: the one the fine model was trained with; checkpoints
+    older than the flag were trained 'on-mask')."""
     size = ckpt["args"]["img_size"]
     if kind == "coarse":
         return ImageDataset(split, EvalTransform(size), seed)
-    return ImageDataset(split, MultiCropTransform(size, factors, mirror_factors), seed, masks=load_masks(coarse_dir, split))
+    centre = centre or ckpt["args"].get("crop_centre") or "on-mask"
+    return ImageDataset(split, MultiCropTransform(size, factors, mirror_factors, centre), seed, masks=load_masks(coarse_dir, split))
 
 
 def score(model, dataset, batch_size, workers, device, amp, reduce=None, desc=None):

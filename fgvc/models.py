@@ -1,7 +1,8 @@
 """Backbones from pretrainedmodels, and the two heads of the method.
 
 CoarseNet: features -> Dropout2d(0.25) -> 1x1 conv to the classes = class activation map (CAM);
-its spatial mean is the logits. FineNet: features -> global average pool -> linear.
+its spatial mean is the logits. FineNet: features -> Dropout2d(0.25) -> global average pool ->
+linear. As in the original, both heads start from Kaiming-normal weights and a zero bias.
 Both take uint8 RGB batches: `Normalize`, their first layer, turns them into the backbone's
 input space once, on the device. Both are built on `features()`: pretrainedmodels' `logits()`
 pools with a fixed 7x7 window and breaks at 448 px.
@@ -48,12 +49,15 @@ class Normalize(nn.Module):
         x = x.float() / self.scale
         return (x - self.mean) / self.std
 
+    def mean_pixel(self):
+        """The uint8 RGB colour that normalises to (about) zero: the original's fill after normalising."""
+        m = (self.mean.flatten() * self.scale).tolist()
+        return tuple(int(round(v)) for v in (m[::-1] if self.bgr else m))
+
 
 def mean_pixel(arch):
-    """The backbone's mean as uint8 RGB: the grid mask's fill, so that it normalises to zero."""
-    s = imagenet_settings(arch)
-    m = [v * 255 if s["input_range"][1] == 1 else v for v in s["mean"]]
-    return tuple(int(round(v)) for v in (m[::-1] if s["input_space"] == "BGR" else m))
+    """The backbone's mean as uint8 RGB: the fill of the grid mask, the rotation border and padding."""
+    return Normalize(imagenet_settings(arch)).mean_pixel()
 
 
 def _frozen_prefix(backbone):
@@ -130,12 +134,21 @@ def build_backbone(arch, pretrained):
 
 
 class _Net(nn.Module):
-    """Shared by both heads: normalisation, backbone, frozen stem + first stage."""
+    """Shared by both heads: normalisation, backbone, frozen stem + first stage, and the
+    original's Dropout2d on the last feature map (active in training only).
 
-    def __init__(self, arch, pretrained, freeze=True):
+    `frozen_bn`: 'train' (the original: the whole network stays in training mode, so the frozen
+    layers' batch-norm statistics keep updating) or 'eval' (frozen layers keep their statistics).
+    """
+
+    def __init__(self, arch, pretrained, freeze=True, dropout=0.25, frozen_bn="train"):
         super().__init__()
+        if frozen_bn not in ("train", "eval"):
+            raise ValueError(f"frozen_bn {frozen_bn!r}: 'train' or 'eval'")
         self.backbone, self.channels, settings = build_backbone(arch, pretrained)
         self.normalize = Normalize(settings)
+        self.dropout = nn.Dropout2d(dropout)
+        self.frozen_bn = frozen_bn
         self.frozen = _frozen_prefix(self.backbone) if freeze else []
         if freeze and not self.frozen:
             warnings.warn(f"{arch}: no 'layer1' stage found, nothing is frozen")
@@ -145,12 +158,14 @@ class _Net(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        for name in self.frozen:  # frozen layers keep their batch-norm statistics too
-            getattr(self.backbone, name).eval()
+        if self.frozen_bn == "eval":
+            for name in self.frozen:
+                getattr(self.backbone, name).eval()
         return self
 
     def features(self, x):
-        return self.backbone.features(self.normalize(x))
+        """The last feature map (N, C, h, w), with Dropout2d in training."""
+        return self.dropout(self.backbone.features(self.normalize(x)))
 
     def param_groups(self):
         """(backbone parameters, head parameters) that are trained."""
@@ -159,17 +174,23 @@ class _Net(nn.Module):
         return body, head
 
 
+def init_head(layer):
+    """The original's head initialisation: Kaiming normal (fan_in, relu), zero bias."""
+    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class CoarseNet(_Net):
     """The coarse classifier: its logits are the spatial mean of its class activation map."""
 
-    def __init__(self, arch, num_classes, pretrained=None, freeze=True, dropout=0.25):
-        super().__init__(arch, pretrained, freeze)
-        self.dropout = nn.Dropout2d(dropout)
-        self.head = nn.Conv2d(self.channels, num_classes, kernel_size=1)
+    def __init__(self, arch, num_classes, pretrained=None, freeze=True, dropout=0.25, frozen_bn="train"):
+        super().__init__(arch, pretrained, freeze, dropout, frozen_bn)
+        self.head = init_head(nn.Conv2d(self.channels, num_classes, kernel_size=1))
 
     def forward_cam(self, x):
         """(logits (N, K), CAM (N, K, h, w)) from one forward pass."""
-        cam = self.head(self.dropout(self.features(x)))
+        cam = self.head(self.features(x))
         return cam.mean(dim=(2, 3)), cam
 
     def forward(self, x):
@@ -179,9 +200,9 @@ class CoarseNet(_Net):
 class FineNet(_Net):
     """The fine classifier: global average pooling and a linear layer."""
 
-    def __init__(self, arch, num_classes, pretrained=None, freeze=True):
-        super().__init__(arch, pretrained, freeze)
-        self.head = nn.Linear(self.channels, num_classes)
+    def __init__(self, arch, num_classes, pretrained=None, freeze=True, dropout=0.25, frozen_bn="train"):
+        super().__init__(arch, pretrained, freeze, dropout, frozen_bn)
+        self.head = init_head(nn.Linear(self.channels, num_classes))
 
     def forward(self, x):
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
@@ -190,13 +211,13 @@ class FineNet(_Net):
 KINDS = {"coarse": CoarseNet, "fine": FineNet}
 
 
-def build_model(kind, arch, num_classes, pretrained=None, freeze=True):
+def build_model(kind, arch, num_classes, pretrained=None, freeze=True, dropout=0.25, frozen_bn="train"):
     """The model of a stage; `model_args` of a checkpoint rebuild it (pretrained=None)."""
-    return KINDS[kind](arch, num_classes, pretrained=pretrained, freeze=freeze)
+    return KINDS[kind](arch, num_classes, pretrained=pretrained, freeze=freeze, dropout=dropout, frozen_bn=frozen_bn)
 
 
-def model_args(kind, arch, num_classes, freeze):
-    return {"kind": kind, "arch": arch, "num_classes": num_classes, "freeze": freeze}
+def model_args(kind, arch, num_classes, freeze, dropout=0.25):
+    return {"kind": kind, "arch": arch, "num_classes": num_classes, "freeze": freeze, "dropout": dropout}
 
 
 def weights_path_arg(value, arch):

@@ -1,13 +1,18 @@
 """Image transforms on uint8 RGB arrays (OpenCV); floats appear only on the model's device.
 
-Training (the original's augmentation): short side resized to `short`, rotation in +-15 degrees,
-random square crop of `size`, horizontal flip, 7x7 grid mask keeping each cell with p = 0.9.
+Training (the original's augmentation): short side resized to `short`, rotation by an integer
+angle in [-15, 14] degrees (the original's `randint(-15, 15)`) about the canvas centre with the
+border filled with the mean colour, random square crop of `size`, horizontal flip, 7x7 grid mask
+keeping each cell with p = 0.9. The original rotated after normalising, with a border of 0: the
+mean colour, which is `fill` here (the backbone's mean pixel). `rotation="smooth"` is this
+repository's earlier choice: a continuous angle and a reflected border.
 The resize, the rotation, the crop and the flip are one affine map, so they run as one
-`cv2.warpAffine` that computes only the size x size output pixels (bilinear, borders reflected):
+`cv2.warpAffine` that computes only the size x size output pixels (bilinear):
 about 1 ms at 448 px, less than decoding the JPEG (`make bench`).
 That is exact for the geometry; as a filter, bilinear sampling is only right for mild shrinking,
 so an image shrunk by more than 2x (`MILD_SHRINK`) is first resized with INTER_AREA (no aliasing).
-Evaluation: the whole image resized to a `size` square, so that a CAM covers the whole image.
+Evaluation: the whole image resized to a `size` square (`EvalTransform`), or its short side to
+`short` with the aspect kept (`ShortSideTransform`: localization, as the original evaluated).
 Normalisation with the backbone's mean/std is `models.Normalize`, the model's first layer.
 Every random choice comes from the `rng` argument (numpy Generator): same rng, same output.
 """
@@ -22,11 +27,14 @@ MILD_SHRINK = 0.5
 
 
 def resize(img, width, height):
-    """Resize with INTER_AREA when shrinking (no aliasing), INTER_LINEAR when enlarging."""
+    """Resize with INTER_AREA when both axes shrink (no aliasing), else INTER_LINEAR.
+
+    (INTER_AREA enlarging an axis is nearest-neighbour along it: a 900 x 25 crop resized to
+    448 x 448 would keep 25 distinct rows.)"""
     h, w = img.shape[:2]
     if (w, h) == (width, height):
         return img
-    shrink = width * height < w * h
+    shrink = width <= w and height <= h
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
@@ -46,16 +54,30 @@ def _scale(sx, sy):
     return np.array([[1 / sx, 0, 0.5 / sx - 0.5], [0, 1 / sy, 0.5 / sy - 0.5], [0, 0, 1]])
 
 
-def train_warp(w, h, short, size, rng, max_rotation):
+ROTATIONS = ("original", "smooth")
+
+
+def rotation_angle(rng, max_rotation, rotation="original"):
+    """'original': an integer in [-max, max - 1] (numpy's randint(-15, 15)); 'smooth': uniform."""
+    if not max_rotation:
+        return 0.0
+    if rotation == "original":
+        return float(rng.integers(-int(max_rotation), int(max_rotation)))
+    return float(rng.uniform(-max_rotation, max_rotation))
+
+
+def train_warp(w, h, short, size, rng, max_rotation, rotation="original"):
     """The 3x3 map from output pixels to source pixels of the training augmentation.
 
     Draws from `rng` in the order of the steps it replaces: angle (when max_rotation), crop y,
-    crop x, flip. Steps: short side to `short` (canvas), rotation about the canvas centre (same
-    canvas), enlarged to `size` if the canvas is smaller, a random size x size crop, the flip.
+    crop x, flip. Steps: short side to `short` (canvas), rotation about the canvas centre (the
+    original's integer centre (w // 2, h // 2) under 'original'; same canvas), enlarged to `size`
+    if the canvas is smaller, a random size x size crop, the flip.
     """
     cw, ch = short_side_size(w, h, short)
-    angle = rng.uniform(-max_rotation, max_rotation) if max_rotation else 0.0
-    unrotate = np.vstack([cv2.getRotationMatrix2D((cw / 2, ch / 2), -angle, 1.0), [0, 0, 1]])
+    angle = rotation_angle(rng, max_rotation, rotation)
+    centre = (cw // 2, ch // 2) if rotation == "original" else (cw / 2, ch / 2)
+    unrotate = np.vstack([cv2.getRotationMatrix2D(centre, -angle, 1.0), [0, 0, 1]])
     ew, eh = (cw, ch) if min(cw, ch) >= size else short_side_size(cw, ch, size)
     y = int(rng.integers(0, eh - size + 1))
     x = int(rng.integers(0, ew - size + 1))
@@ -74,8 +96,9 @@ def _span(lo, hi, n):
     return max(0, lo), min(n, hi)
 
 
-def warp(img, m, size):
-    """The size x size output of the 3x3 output->source map `m` (bilinear, borders reflected).
+def warp(img, m, size, fill=None):
+    """The size x size output of the 3x3 output->source map `m` (bilinear); outside the image,
+    `fill` (RGB) where given, else the image reflected.
 
     Reads only the source rectangle under the output (plus the bilinear neighbours), and runs
     on RGBA: OpenCV's bilinear remap has a vector path for 4 channels and none for 3, and the
@@ -88,8 +111,11 @@ def warp(img, m, size):
     y0, y1 = _span(int(lo[1]), int(hi[1]), h)
     rgba = cv2.cvtColor(img[y0:y1, x0:x1], cv2.COLOR_RGB2RGBA)
     shifted = m[:2] - np.array([[0, 0, x0], [0, 0, y0]])
-    return cv2.warpAffine(rgba, shifted, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT_101)
+    if fill is None:
+        border = dict(borderMode=cv2.BORDER_REFLECT_101)
+    else:  # the rectangle read is clipped only at the image's own edges: outside it is outside the image
+        border = dict(borderMode=cv2.BORDER_CONSTANT, borderValue=(*(int(v) for v in fill), 0))
+    return cv2.warpAffine(rgba, shifted, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, **border)
 
 
 def planar(img):
@@ -124,10 +150,13 @@ def to_tensor(img):
 
 
 class TrainTransform:
-    """The coarse stage's augmentation. `fill` is the backbone's mean pixel (uint8 RGB)."""
+    """The coarse stage's augmentation. `fill` is the backbone's mean pixel (uint8 RGB, models.mean_pixel):
+    the colour of the grid mask's cells and, under rotation='original', of the rotation's border."""
 
-    def __init__(self, size, short, max_rotation=15.0, grid=7, keep=0.9, fill=(124, 116, 104)):
-        self.size, self.short, self.max_rotation = size, short, max_rotation
+    def __init__(self, size, short, fill, max_rotation=15, grid=7, keep=0.9, rotation="original"):
+        if rotation not in ROTATIONS:
+            raise ValueError(f"rotation {rotation!r}: one of {ROTATIONS}")
+        self.size, self.short, self.max_rotation, self.rotation = size, short, max_rotation, rotation
         self.grid, self.keep, self.fill = grid, keep, np.asarray(fill, dtype=np.uint8)
 
     def __call__(self, img, rng):
@@ -135,8 +164,8 @@ class TrainTransform:
         if self.short / min(h, w) < MILD_SHRINK:
             img = resize_short(img, self.short)
             h, w = img.shape[:2]
-        m = train_warp(w, h, self.short, self.size, rng, self.max_rotation)
-        out = planar(warp(img, m, self.size))
+        m = train_warp(w, h, self.short, self.size, rng, self.max_rotation, self.rotation)
+        out = planar(warp(img, m, self.size, self.fill if self.rotation == "original" else None))
         if self.keep < 1:  # on the planar copy: whole rows of one channel, ten times faster than HWC
             for y0, y1, x0, x1 in grid_cells(self.size, self.size, rng, self.grid, self.keep):
                 out[:, y0:y1, x0:x1] = self.fill[:, None, None]
@@ -151,3 +180,14 @@ class EvalTransform:
 
     def __call__(self, img, rng=None):
         return to_tensor(resize(img, self.size, self.size))
+
+
+class ShortSideTransform:
+    """The whole image with its short side resized to `short`, the aspect kept (the original's
+    evaluation input). Images differ in size: batch them with `datasets.pad_collate`."""
+
+    def __init__(self, short):
+        self.short = short
+
+    def __call__(self, img, rng=None):
+        return to_tensor(resize_short(img, self.short))

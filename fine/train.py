@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
 from fgvc import cli, dist
 from fgvc.cam import load_masks
-from fgvc.crop import CropTransform
+from fgvc.crop import CENTRES, CropTransform
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit, seed_everything
@@ -29,6 +29,9 @@ def get_args_parser():
     parser.add_argument("--coarse", default="coarse/out", help="directory with the coarse stage's masks_{train,val}.npz (default: coarse/out)")
     cli.add_model_args(parser)
     parser.add_argument("--crop-k", type=float, default=2.0, help="crop side = sqrt(k * mask area) in training (default: 2)")
+    parser.add_argument("--crop-centre", choices=CENTRES, default="original",
+                        help="original: row and column drawn independently from the middle thirds of the mask's rows "
+                             "and columns (may fall off the mask); on-mask: one mask pixel (default: original)")
     cli.add_train_args(parser)
     return parser
 
@@ -39,14 +42,14 @@ def main(args):
     pretrained = weights_path_arg(args.pretrained, args.arch)
     if pretrained:
         require_weights(pretrained, args.arch)
+    cli.resolve_recipe(args, pretrained)
     classes, splits = load_dataset(resolve(args.data), splits=("train", "val"))
     coarse = resolve(args.coarse)
-    train_set = ImageDataset(splits["train"], CropTransform(args.img_size, args.crop_k, train=True), args.seed,
-                             masks=load_masks(coarse, splits["train"]))
-    val_set = ImageDataset(splits["val"], CropTransform(args.img_size, args.crop_k, train=False), args.seed,
-                           masks=load_masks(coarse, splits["val"]))
-    model = build_model("fine", args.arch, len(classes), pretrained, args.freeze)
-    margs = model_args("fine", args.arch, len(classes), args.freeze)
+    crop = dict(size=args.img_size, k=args.crop_k, centre=args.crop_centre)
+    train_set = ImageDataset(splits["train"], CropTransform(train=True, **crop), args.seed, masks=load_masks(coarse, splits["train"]))
+    val_set = ImageDataset(splits["val"], CropTransform(train=False, **crop), args.seed, masks=load_masks(coarse, splits["val"]))
+    model = build_model("fine", args.arch, len(classes), pretrained, args.freeze, args.dropout, args.frozen_bn)
+    margs = model_args("fine", args.arch, len(classes), args.freeze, args.dropout)
     fit(model, train_set, val_set, cli.config(args), resolve(args.out), classes.ids, margs, device)
 
 

@@ -60,11 +60,15 @@ def test_localization_accuracy_beats_centred_box_on_corner_objects():
 
 
 # the crop rule
-def test_empty_and_one_pixel_masks_give_the_full_image():
+def test_tiny_masks_are_counted_in_image_pixels():
     assert crop_box(np.zeros((64, 64), np.uint8), 640, 480) == (0, 0, 640, 480)
     one = np.zeros((64, 64), np.uint8)
     one[10, 10] = 1
-    assert crop_box(one, 640, 480) == (0, 0, 640, 480)
+    # one mask cell of a 64 x 64 mask over a 128 x 64 image is 2 image pixels: under 10, the whole image
+    assert crop_box(one, 128, 64) == (0, 0, 128, 64)
+    # over a 640 x 480 image it is 75 image pixels (side sqrt(150) > 10): the original crops
+    x0, y0, x1, y1 = crop_box(one, 640, 480)
+    assert (x1 - x0, y1 - y0) != (640, 480) and abs((x1 - x0) - np.sqrt(2 * 75)) <= 1
 
 
 def test_side_is_sqrt_k_area_in_image_pixels():

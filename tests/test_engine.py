@@ -16,7 +16,7 @@ from fgvc.transforms import EvalTransform, TrainTransform
 def cfg(**kw):
     c = dict(epochs=3, batch_size=8, eval_batch_size=16, lr=0.05, backbone_lr_ratio=1.0, amp="off", workers=0, seed=0,
              resume=False, save_every=0, max_bad_images=5, log_every=1, sync_bn=False, arch="resnet18", img_size=48,
-             resize=56, freeze=True, world_size=1)
+             resize=56, freeze=True, world_size=1, optimizer="sgd", dropout=0.25, frozen_bn="train")
     c.update(kw)
     return c
 
@@ -24,7 +24,7 @@ def cfg(**kw):
 def setup(root, seed=0):
     torch.manual_seed(seed)
     classes, splits = load_dataset(root, splits=("train", "val"))
-    train = ImageDataset(splits["train"], TrainTransform(48, 56), seed)
+    train = ImageDataset(splits["train"], TrainTransform(48, 56, fill=(124, 116, 104)), seed)
     val = ImageDataset(splits["val"], EvalTransform(48), seed)
     model = build_model("coarse", "resnet18", len(classes))
     return classes, train, val, model

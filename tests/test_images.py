@@ -57,7 +57,7 @@ def test_missing_file_is_a_bad_image(tmp_path):
 
 def test_train_transform_shape_dtype_and_determinism():
     img = np.random.default_rng(1).integers(0, 255, (300, 500, 3), dtype=np.uint8)
-    t = TrainTransform(size=96, short=110)
+    t = TrainTransform(size=96, short=110, fill=FILL)
     a = t(img, np.random.default_rng(7))
     b = t(img, np.random.default_rng(7))
     c = t(img, np.random.default_rng(8))
@@ -66,7 +66,7 @@ def test_train_transform_shape_dtype_and_determinism():
 
 
 def test_small_image_is_enlarged_to_the_crop():
-    t = TrainTransform(size=64, short=72)
+    t = TrainTransform(size=64, short=72, fill=FILL)
     assert t(np.zeros((10, 30, 3), np.uint8), np.random.default_rng(0)).shape == (3, 64, 64)
 
 
@@ -102,13 +102,17 @@ def smooth_image(h, w, seed=0):
     return cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def step_by_step(img, rng, size, short, max_rotation=15.0, grid=7, keep=0.9, fill=(124, 116, 104)):
-    """The augmentation as separate steps, drawing from rng in the same order: what the warp means."""
+FILL = (124, 116, 104)
+
+
+def step_by_step(img, rng, size, short, max_rotation=15, grid=7, keep=0.9, fill=FILL):
+    """The augmentation as separate steps, drawing from rng in the same order: what the warp means.
+    The rotation is the original's: an integer angle, about (w // 2, h // 2), the border filled."""
     img = resize_short(img, short)
     h, w = img.shape[:2]
     if max_rotation:
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-max_rotation, max_rotation), 1.0)
-        img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        m = cv2.getRotationMatrix2D((w // 2, h // 2), int(rng.integers(-max_rotation, max_rotation)), 1.0)
+        img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
     if h < size or w < size:
         img = resize_short(img, size)
         h, w = img.shape[:2]
@@ -131,7 +135,7 @@ def step_by_step(img, rng, size, short, max_rotation=15.0, grid=7, keep=0.9, fil
 ])
 def test_train_transform_matches_the_step_by_step_augmentation(shape, size, short):
     img = smooth_image(*shape)
-    t = TrainTransform(size, short)
+    t = TrainTransform(size, short, FILL)
     for seed in range(6):
         a = t(img, np.random.default_rng(seed))
         b = step_by_step(img, np.random.default_rng(seed), size, short)
@@ -142,7 +146,7 @@ def test_train_transform_matches_the_step_by_step_augmentation(shape, size, shor
 
 def test_without_resize_or_rotation_it_is_an_exact_crop_and_flip():
     img = np.random.default_rng(3).integers(0, 256, (80, 120, 3), dtype=np.uint8)
-    t = TrainTransform(size=64, short=80, max_rotation=0, keep=1.0)
+    t = TrainTransform(size=64, short=80, fill=FILL, max_rotation=0, keep=1.0)
     flips = 0
     for seed in range(10):
         rng = np.random.default_rng(seed)
@@ -173,3 +177,4 @@ def test_warp_reads_only_the_rectangle_it_needs():
                               borderMode=cv2.BORDER_REFLECT_101)
         diff = np.abs(warp(img, m, 48)[:, :, :3].astype(int) - full)
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # the map's offset moves: fixed-point rounding
+

@@ -84,7 +84,9 @@ def test_heads_and_frozen_batchnorm():
     assert isinstance(coarse, CoarseNet) and isinstance(fine, FineNet)
     assert isinstance(coarse.head, torch.nn.Conv2d) and coarse.head.kernel_size == (1, 1)
     assert isinstance(coarse.dropout, torch.nn.Dropout2d) and coarse.dropout.p == 0.25
-    coarse.train()
-    assert not coarse.backbone.bn1.training and coarse.backbone.layer2.training
+    coarse.train()  # the original: the whole network in training mode, frozen layers included
+    assert coarse.backbone.bn1.training and coarse.backbone.layer1.training and coarse.backbone.layer2.training
+    kept = build_model("coarse", "resnet18", 5, frozen_bn="eval").train()
+    assert not kept.backbone.bn1.training and not kept.backbone.layer1.training and kept.backbone.layer2.training
     x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     assert fine(x).shape == (2, 5)
