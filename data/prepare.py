@@ -1,0 +1,540 @@
+"""Other datasets in this project's layout, so that every stage runs on them unchanged.
+
+    python3 data/prepare.py inat2017 SRC --out DIR        # also inat2018, inat2021, inat2021-mini
+    python3 data/prepare.py cub SRC --out DIR [--val-per-class 3 | --val test]
+    python3 data/prepare.py folder SRC --out DIR [--val-per-class 3] [--test-per-class 3]
+
+Reads SRC, one of:
+    inat2017        train2017.json, val2017.json, test2017.json, train_val_images/, test2017/
+    inat2018        train2018.json, val2018.json, test2018.json, train_val2018/, test2018/
+    inat2021        train.json, val.json, public_test.json, train/, val/, public_test/
+    inat2021-mini   train_mini.json, val.json, public_test.json, train_mini/, val/, public_test/
+    cub             CUB_200_2011 as unpacked: images.txt, image_class_labels.txt, train_test_split.txt,
+                    classes.txt, bounding_boxes.txt, images/
+    folder          SRC/<class name>/**/<image> (any depth); when SRC is named `train`, its siblings
+                    SRC/../val and SRC/../test are used where they exist (test: class folders, or
+                    loose images without labels)
+Writes DIR/train2019.json, DIR/val2019.json, DIR/test2019.json (the schema fgvc/data.py reads),
+    the images under DIR (a relative symlink per top folder by default; --link hard, or --copy),
+    DIR/truth/test_labels.csv (id,category_id) where the test labels are known (cub, folder),
+    DIR/truth/boxes.csv (image_id,x,y,w,h) for cub, so that the coarse stage reports localization.
+
+Splits: the iNat years keep their own train/val/test (test without labels) and their ids. cub keeps
+the official train/test split and its ids; val is drawn from train, --val-per-class per class with
+--seed, or is the test split (--val test; test2019.json then lists the same images under ids
++ TEST_ID_OFFSET, since the reader refuses ids shared by two splits). folder: category ids 0..K-1
+in sorted class-name order, image ids 0..N-1; val and test drawn per class with --seed unless
+sibling folders give them.
+
+Everything is read and checked first; a problem ends with one line naming the file and the entry
+(exit code 2) and nothing written. The output is built in DIR.tmp-<pid>, read back with the
+project's reader, and renamed to DIR: DIR is complete or absent.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+from fgvc.data import SPLIT_FILES, _check_file_name, _entries, _field, _is_int, _load_json, load_dataset
+from fgvc.errors import DatasetError, UserError
+from fgvc.image import BadImage, read_rgb
+from fgvc.paths import resolve
+
+INAT_FILES = {  # format: (train, val, test) json names in SRC
+    "inat2017": ("train2017.json", "val2017.json", "test2017.json"),
+    "inat2018": ("train2018.json", "val2018.json", "test2018.json"),
+    "inat2021": ("train.json", "val.json", "public_test.json"),
+    "inat2021-mini": ("train_mini.json", "val.json", "public_test.json"),
+}
+FORMATS = (*INAT_FILES, "cub", "folder")
+IMAGE_KEYS = ("id", "file_name", "width", "height", "license", "rights_holder")  # date, location: dropped
+CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "bounding_boxes.txt")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+TEST_ID_OFFSET = 1_000_000  # cub --val test: test image id = val image id + this
+BOX_SLACK = 1.0  # px a box may pass the image edge (CUB's boxes are integers, some 1-based)
+
+
+@dataclass
+class Image:
+    id: int
+    file_name: str  # relative to DIR, '/'-separated; its first part is a key of Prepared.links
+    category_id: int | None  # None: unlabelled (test)
+    width: int = -1
+    height: int = -1
+    extra: dict = field(default_factory=dict)  # other official fields kept in the json (license, ...)
+
+
+@dataclass
+class Prepared:
+    """A dataset in memory: everything prepare writes, checked, before anything is written."""
+
+    categories: list  # [{id, name, ...}], written to train and val json
+    splits: dict  # "train" / "val" / "test" -> [Image]
+    links: dict  # top folder (or file) name under DIR -> its source path
+    boxes: dict = field(default_factory=dict)  # image id -> (x, y, w, h)
+    skipped: list = field(default_factory=list)  # (path, why)
+    notes: list = field(default_factory=list)  # lines for the summary
+
+
+# ---------------------------------------------------------------- iNat 2017 / 2018 / 2021
+
+def read_inat(src, fmt):
+    """The official json of one iNat year. Their schema is 2019's (images, annotations, categories);
+    2017 and 2018 add `supercategory`, 2021 taxonomy fields, `common_name`, `image_dir_name`, and
+    date and location per image, which are dropped. Ids and the official splits are kept."""
+    names = INAT_FILES[fmt]
+    docs = [(name, src / name, _load_json(src / name)) for name in names]
+    train_path = docs[0][1]
+    categories = _entries(docs[0][2], "categories", train_path, required=True)
+    if not categories:
+        raise DatasetError(f"{train_path}: 'categories' is empty")
+    known = {}
+    for i, c in enumerate(categories):
+        cid = _field(c, "id", train_path, f"categories[{i}]")
+        if cid in known:
+            raise DatasetError(f"{train_path}: categories[{i}] repeats category id {cid} (first at categories[{known[cid]}])")
+        known[cid] = i
+    splits, first_split = {}, {}
+    for split, (name, path, doc) in zip(("train", "val", "test"), docs):
+        splits[split] = inat_split(src, path, doc, split, known, names[0])
+        for im in splits[split]:
+            if im.id in first_split:
+                raise DatasetError(f"{path}: image id {im.id} is also in {first_split[im.id]}")
+            first_split[im.id] = name
+    tops = sorted({im.file_name.split("/")[0] for images in splits.values() for im in images})
+    for top in tops:
+        if top in (*SPLIT_FILES.values(), "truth"):
+            raise DatasetError(f"{src}: an image file_name starts with {top!r}, a name the output needs itself")
+    cats = [dict(c) for c in sorted(categories, key=lambda c: c["id"])]
+    return Prepared(cats, splits, {top: src / top for top in tops})
+
+
+def inat_split(src, path, doc, split, known, train_name):
+    """[Image] of one official json, checked: ids, file names, one label per image, the files."""
+    images = _entries(doc, "images", path, required=True)
+    if not images:
+        raise DatasetError(f"{path}: 'images' is empty")
+    out, row, by_name = [], {}, {}
+    for i, im in enumerate(images):
+        image_id = _field(im, "id", path, f"images[{i}]")
+        where = f"images[{i}] (id {image_id})"
+        name = _field(im, "file_name", path, where, kind=str)
+        _check_file_name(name, path, where)
+        name = name.replace("\\", "/")
+        if image_id in row:
+            raise DatasetError(f"{path}: {where} repeats image id {image_id} (first at images[{row[image_id]}])")
+        if name in by_name:
+            raise DatasetError(f"{path}: {where} lists file {name} again (first at images[{by_name[name]}])")
+        row[image_id], by_name[name] = i, i
+        extra = {k: im[k] for k in IMAGE_KEYS[4:] if k in im}
+        out.append(Image(image_id, name, None, *(im[k] if _is_int(im.get(k)) else -1 for k in ("width", "height")), extra))
+
+    annotations = _entries(doc, "annotations", path, required=split != "test") or []
+    if not annotations and split != "test":
+        raise DatasetError(f"{path}: 'annotations' is empty")
+    for j, ann in enumerate(annotations):  # a test file with labels gives truth/test_labels.csv
+        image_id = _field(ann, "image_id", path, f"annotations[{j}]")
+        category_id = _field(ann, "category_id", path, f"annotations[{j}]")
+        if image_id not in row:
+            raise DatasetError(f"{path}: annotations[{j}] refers to unknown image id {image_id}")
+        if category_id not in known:
+            lacks = train_name if split != "train" else "its categories list"
+            raise DatasetError(f"{path}: annotations[{j}] has category id {category_id}, which {lacks} lacks")
+        im = out[row[image_id]]
+        if im.category_id is not None:
+            raise DatasetError(f"{path}: annotations[{j}] is a second annotation for image id {image_id}")
+        im.category_id = category_id
+    unlabelled = [im.id for im in out if im.category_id is None]
+    if annotations and unlabelled:
+        raise DatasetError(f"{path}: {len(unlabelled)} images have no annotation (first image ids: {unlabelled[:5]})")
+
+    missing = [(i, im) for i, im in enumerate(out) if not (src / im.file_name).is_file()]
+    if missing:
+        i, im = missing[0]
+        raise DatasetError(f"{path}: {len(missing)} of {len(out)} image files are missing under {src} "
+                           f"(first: images[{i}] (id {im.id}) {im.file_name})")
+    return out
+
+
+# ---------------------------------------------------------------- CUB-200-2011
+
+def read_table(path, columns):
+    """Lines of a CUB txt file as (line number, fields); `columns` names them for the error."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != len(columns):
+                raise DatasetError(f"{path}: line {n} is not '{' '.join(f'<{c}>' for c in columns)}': {line.strip()[:80]!r}")
+            rows.append((n, fields))
+    if not rows:
+        raise DatasetError(f"{path}: empty")
+    return rows
+
+
+def as_number(value, kind, path, n, column):
+    try:
+        return kind(value)
+    except ValueError:
+        raise DatasetError(f"{path}: line {n} has {column} {value!r}, expected {'an integer' if kind is int else 'a number'}") from None
+
+
+def read_keyed(path, columns, known, kinds):
+    """{image id: (line, values)} of a CUB file keyed by image id; every id of images.txt (`known`) once."""
+    out = {}
+    for n, fields in read_table(path, columns):
+        key = as_number(fields[0], int, path, n, columns[0])
+        if key not in known:
+            raise DatasetError(f"{path}: line {n} refers to image id {key}, which images.txt lacks")
+        if key in out:
+            raise DatasetError(f"{path}: line {n} lists image id {key} again (first at line {out[key][0]})")
+        out[key] = (n, [as_number(v, k, path, n, c) for v, k, c in zip(fields[1:], kinds, columns[1:])])
+    absent = [k for k in known if k not in out]
+    if absent:
+        raise DatasetError(f"{path}: no line for {len(absent)} image ids of images.txt (first: {absent[:5]})")
+    return out
+
+
+def read_cub(src, val, val_per_class, seed):
+    """CUB-200-2011 with its official train/test split, its boxes, and val drawn from train (or = test)."""
+    for name in CUB_FILES:
+        if not (src / name).is_file():
+            raise DatasetError(f"{src / name}: file not found (is {src} the unpacked CUB_200_2011 folder?)")
+    classes = {}
+    for n, fields in read_table(src / "classes.txt", ("class id", "class name")):
+        cid = as_number(fields[0], int, src / "classes.txt", n, "class id")
+        if cid in classes:
+            raise DatasetError(f"{src / 'classes.txt'}: line {n} lists class id {cid} again")
+        classes[cid] = fields[1]
+    files, by_name = {}, {}
+    path = src / "images.txt"
+    for n, (i, name) in read_table(path, ("image id", "path")):
+        i = as_number(i, int, path, n, "image id")
+        if i in files:
+            raise DatasetError(f"{path}: line {n} lists image id {i} again (first at line {files[i][0]})")
+        if name in by_name:
+            raise DatasetError(f"{path}: line {n} lists {name} again (first at line {by_name[name]})")
+        _check_file_name(name, path, f"line {n}")
+        files[i], by_name[name] = (n, name), n
+    labels = read_keyed(src / "image_class_labels.txt", ("image id", "class id"), files, (int,))
+    for i, (n, (cid,)) in labels.items():
+        if cid not in classes:
+            raise DatasetError(f"{src / 'image_class_labels.txt'}: line {n} has class id {cid}, which classes.txt lacks")
+    is_train = read_keyed(src / "train_test_split.txt", ("image id", "is training image"), files, (int,))
+    for i, (n, (flag,)) in is_train.items():
+        if flag not in (0, 1):
+            raise DatasetError(f"{src / 'train_test_split.txt'}: line {n} has is_training_image {flag}, expected 0 or 1")
+    boxes = read_keyed(src / "bounding_boxes.txt", ("image id", "x", "y", "width", "height"), files, (float,) * 4)
+
+    images = {}
+    for i in sorted(files):
+        n, name = files[i]
+        where = f"{path}: line {n} (image id {i})"
+        try:
+            h, w = read_rgb(src / "images" / name).shape[:2]
+        except BadImage as e:
+            raise DatasetError(f"{where}: images/{name}: {'not found' if not (src / 'images' / name).exists() else e.reason}") from None
+        bn, (x, y, bw, bh) = boxes[i]
+        if bw <= 0 or bh <= 0 or x < 0 or y < 0 or x + bw > w + BOX_SLACK or y + bh > h + BOX_SLACK:
+            raise DatasetError(f"{src / 'bounding_boxes.txt'}: line {bn} (image id {i}): box x={x:g} y={y:g} "
+                               f"w={bw:g} h={bh:g} lies outside the {w} x {h} image images/{name}")
+        images[i] = Image(i, f"images/{name}", labels[i][1][0], w, h)
+
+    train = [images[i] for i in sorted(images) if is_train[i][1][0] == 1]
+    test = [images[i] for i in sorted(images) if is_train[i][1][0] == 0]
+    prepared = Prepared(
+        categories=[{"id": c, "name": classes[c].split(".", 1)[-1].replace("_", " ")} for c in sorted(classes)],
+        splits={}, links={"images": src / "images"}, boxes={i: tuple(b) for i, (_, b) in boxes.items()})
+    if val == "test":
+        offset = [Image(im.id + TEST_ID_OFFSET, im.file_name, im.category_id, im.width, im.height) for im in test]
+        prepared.splits = {"train": train, "val": test, "test": offset}
+        prepared.boxes.update({im.id: prepared.boxes[im.id - TEST_ID_OFFSET] for im in offset})
+        prepared.notes.append(f"val = the official test split; test2019.json lists it again with ids + {TEST_ID_OFFSET}")
+    else:
+        keep, drawn = draw_per_class(train, val_per_class, seed, src / "train_test_split.txt", "--val-per-class")
+        prepared.splits = {"train": keep, "val": drawn, "test": test}
+        prepared.notes.append(f"val = {val_per_class} per class drawn from the official train split (seed --seed = {seed})")
+    return prepared
+
+
+def draw_per_class(images, n, seed, where, flag):
+    """Split `images` into (kept, drawn): n drawn per class with a seeded generator, kept >= 1 per class."""
+    by_class = defaultdict(list)
+    for im in images:
+        by_class[im.category_id].append(im)
+    rng = np.random.default_rng(seed)
+    kept, drawn = [], []
+    for cid in sorted(by_class):
+        members = sorted(by_class[cid], key=lambda im: im.id)
+        if len(members) <= n:
+            raise DatasetError(f"{where}: class {cid} has {len(members)} train images, too few to draw {flag} {n} "
+                               f"and keep one for training")
+        order = rng.permutation(len(members))
+        drawn += [members[k] for k in order[:n]]
+        kept += [members[k] for k in order[n:]]
+    return sorted(kept, key=lambda im: im.id), sorted(drawn, key=lambda im: im.id)
+
+
+# ---------------------------------------------------------------- a folder of class folders
+
+def scan_images(folder, skipped):
+    """Image files below `folder`, sorted, as (path, md5, width, height); the rest goes to `skipped`."""
+    out = []
+    for path in sorted(p for p in folder.rglob("*") if not p.is_dir()):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            skipped.append((path, "hidden"))
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((path, f"not an image name ({path.suffix or 'no suffix'})"))
+        else:
+            try:
+                h, w = read_rgb(path).shape[:2]
+            except BadImage as e:
+                skipped.append((path, e.reason))
+                continue
+            out.append((path, hashlib.md5(path.read_bytes()).hexdigest(), w, h))
+    return out
+
+
+def class_folders(root, skipped):
+    """Sorted class folder names of `root`; loose files in it go to `skipped`."""
+    names = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            skipped.append((p, "hidden"))
+        elif p.is_dir():
+            names.append(p.name)
+        else:
+            skipped.append((p, "not in a class folder"))
+    return names
+
+
+def read_folder(src, val_per_class, test_per_class, seed):
+    """SRC/<class>/**/<image>: classes in sorted name order get ids 0..K-1."""
+    if not src.is_dir():
+        raise DatasetError(f"{src}: folder not found")
+    skipped, seen = [], {}  # seen: md5 -> (path, (split, class name))
+    siblings = {s: src.parent / s for s in ("val", "test") if src.name == "train" and (src.parent / s).is_dir()}
+    names = class_folders(src, skipped)
+    if not names:
+        raise DatasetError(f"{src}: no class folders")
+    index = {name: k for k, name in enumerate(names)}
+
+    def collect(root, top, split, labelled=True):
+        images = []
+        for name in (class_folders(root, skipped) if labelled else [""]):
+            if labelled and name not in index:
+                raise DatasetError(f"{root / name}: class {name!r} is not a class folder of {src}")
+            for path, md5, w, h in scan_images(root / name, skipped):
+                if md5 in seen:  # a copy in the same class folder is skipped; elsewhere it is a conflict
+                    other, where = seen[md5]
+                    if where != (split, name):
+                        raise DatasetError(f"{path}: the same image as {other} ({where[0]}, class {where[1]!r}): listed twice")
+                    skipped.append((path, f"same bytes as {other.name}"))
+                    continue
+                seen[md5] = (path, (split, name))
+                file_name = "/".join((top, *path.relative_to(root).parts))
+                images.append(Image(-1, file_name, index[name] if labelled else None, w, h))
+        return images
+
+    train = collect(src, "images", "train")
+    for k, name in enumerate(names):
+        if not any(im.category_id == k for im in train):
+            raise DatasetError(f"{src / name}: no images in this class folder")
+    val = test = None
+    if "val" in siblings:
+        val = collect(siblings["val"], "val", "val")
+    if "test" in siblings:
+        root = siblings["test"]
+        loose = [p for p in root.iterdir() if not p.is_dir() and not p.name.startswith(".")]
+        dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if loose and dirs:
+            raise DatasetError(f"{root}: holds both class folders and loose files; test needs one or the other")
+        test = collect(root, "test", "test", labelled=bool(dirs))
+    # ids: train in (class, path) order (drawn val and test keep theirs), then sibling val, then test
+    for im_id, im in enumerate(train):
+        im.id = im_id
+    next_id = len(train)
+    notes = []
+    if test is None:
+        train, test = draw_per_class(train, test_per_class, seed, src, "--test-per-class")
+        notes.append(f"test = {test_per_class} per class drawn from {src} (seed --seed = {seed})")
+    if val is None:
+        train, val = draw_per_class(train, val_per_class, seed + 1, src, "--val-per-class")
+        notes.append(f"val = {val_per_class} per class drawn from {src} (seed --seed + 1 = {seed + 1})")
+    for im in (*val, *test):
+        if im.id < 0:
+            im.id, next_id = next_id, next_id + 1
+    notes += [f"{s} = {p}" for s, p in siblings.items()]
+    links = {"images": src, **siblings}
+    categories = [{"id": k, "name": name} for k, name in enumerate(names)]
+    return Prepared(categories, {"train": train, "val": val, "test": test}, links, skipped=skipped, notes=notes)
+
+
+# ---------------------------------------------------------------- writing
+
+def link_images(prepared, tmp, mode):
+    """Make every image reachable under tmp: one relative symlink per top folder, or per file."""
+    if mode == "symlink":
+        for top, source in prepared.links.items():
+            os.symlink(os.path.relpath(source, tmp), tmp / top)  # DIR.tmp-<pid> and DIR share a parent
+        return
+    done = set()
+    for images in prepared.splits.values():
+        for im in images:
+            if im.file_name in done:
+                continue
+            top, *rest = im.file_name.split("/")
+            source, target = prepared.links[top].joinpath(*rest), tmp / im.file_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "hard":
+                try:
+                    os.link(source, target)
+                except OSError as e:
+                    raise UserError(f"{source}: cannot hard-link it into {tmp.parent} ({e.strerror}); "
+                                    f"use the default symlinks or --copy") from None
+            else:
+                shutil.copy2(source, target)
+            done.add(im.file_name)
+
+
+def split_json(prepared, name):
+    images = prepared.splits[name]
+    doc = {"info": {"description": "written by data/prepare.py"},
+           "images": [{"id": im.id, "file_name": im.file_name, "width": im.width, "height": im.height, **im.extra}
+                      for im in images]}
+    if name != "test":
+        doc["categories"] = prepared.categories
+        doc["annotations"] = [{"id": im.id, "image_id": im.id, "category_id": im.category_id} for im in images]
+    return doc
+
+
+def write_dataset(prepared, out, mode):
+    """Write DIR.tmp-<pid>, check it with the project's reader, then rename it to DIR."""
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        link_images(prepared, tmp, mode)
+        for name, file in SPLIT_FILES.items():
+            (tmp / file).write_text(json.dumps(split_json(prepared, name), separators=(",", ":")))
+        test = prepared.splits["test"]
+        if prepared.boxes or all(im.category_id is not None for im in test):
+            (tmp / "truth").mkdir()
+        if all(im.category_id is not None for im in test):
+            write_csv(tmp / "truth" / "test_labels.csv", ("id", "category_id"), [(im.id, im.category_id) for im in test])
+        if prepared.boxes:
+            write_csv(tmp / "truth" / "boxes.csv", ("image_id", "x", "y", "w", "h"),
+                      [(i, *(f"{v:g}" for v in prepared.boxes[i])) for i in sorted(prepared.boxes)])
+        load_dataset(tmp)  # what every stage will read: same classes, every file reachable
+        if out.exists():  # --overwrite of an earlier prepared dataset
+            old = out.with_name(f"{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def summary(prepared, fmt, out, mode):
+    """The lines prepare prints: classes, images per split, per-class spread, what was skipped."""
+    lines = [f"{fmt}: {len(prepared.categories)} classes -> {out} (images by {mode})"]
+    for name, images in prepared.splits.items():
+        counts = Counter(im.category_id for im in images if im.category_id is not None)
+        spread = (f", per class min {min(counts.values())} / median {np.median(list(counts.values())):g} / "
+                  f"max {max(counts.values())} over {len(counts)} classes") if counts else ", unlabelled"
+        lines.append(f"  {name:5s} {len(images):7d} images{spread}")
+    lines += [f"  {note}" for note in prepared.notes]
+    if prepared.boxes:
+        lines.append(f"  truth/boxes.csv: {len(prepared.boxes)} boxes")
+    if all(im.category_id is not None for im in prepared.splits["test"]):
+        lines.append(f"  truth/test_labels.csv: {len(prepared.splits['test'])} test labels (test.py scores the submission)")
+    why = Counter(reason for _, reason in prepared.skipped)
+    lines.append(f"  skipped {len(prepared.skipped)} files" + (": " + ", ".join(f"{n} {r}" for r, n in why.most_common()) if why else ""))
+    lines += [f"    {path}: {reason}" for path, reason in prepared.skipped[:10]]
+    if len(prepared.skipped) > 10:
+        lines.append(f"    ... and {len(prepared.skipped) - 10} more")
+    return "\n".join(lines)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Write another dataset in this project's layout (train2019.json, ...).")
+    p.add_argument("format", choices=FORMATS, help="layout of SRC")
+    p.add_argument("src", help="the unpacked dataset (folder: the folder of class folders); relative to the repo root")
+    # where
+    p.add_argument("--out", required=True, help="dataset root to write; must not exist (a relative path resolves against the repo root, as in the stages)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier prepared dataset")
+    p.add_argument("--link", choices=("symlink", "hard"), default="symlink",
+                   help="how images are reachable under --out: relative symlinks of the top folders, or hard links per file (default: symlink)")
+    p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
+    # splits (cub, folder)
+    p.add_argument("--val", choices=("draw", "test"), default="draw",
+                   help="cub: val drawn from train per class, or the official test split (default: draw)")
+    p.add_argument("--val-per-class", type=int, default=3, help="cub, folder: val images drawn per class (default: 3)")
+    p.add_argument("--test-per-class", type=int, default=3, help="folder: test images drawn per class (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-class draws (default: 0)")
+    return p
+
+
+def main(args):
+    src, out = resolve(args.src).resolve(), resolve(args.out)
+    out = out.parent.resolve() / out.name  # links are made relative to the real parent
+    mode = "copy" if args.copy else args.link
+    if out.exists() and not (args.overwrite and (out / SPLIT_FILES["train"]).is_file()):
+        raise UserError(f"{out}: exists; delete it or pass --overwrite" if not args.overwrite else
+                        f"{out}: exists and is not a prepared dataset; not overwriting it")
+    if out.resolve() == src or src in out.resolve().parents:
+        raise UserError(f"{out}: inside the source {src}; write it elsewhere")
+    if min(args.val_per_class, args.test_per_class) < 1:
+        raise UserError("--val-per-class and --test-per-class: at least 1")
+    if not src.is_dir():
+        raise DatasetError(f"{src}: folder not found")
+    if args.format in INAT_FILES:
+        prepared = read_inat(src, args.format)
+    elif args.format == "cub":
+        prepared = read_cub(src, args.val, args.val_per_class, args.seed)
+    else:
+        prepared = read_folder(src, args.val_per_class, args.test_per_class, args.seed)
+    write_dataset(prepared, out, mode)
+    print(summary(prepared, args.format, out, mode), flush=True)
+
+
+def run(args):
+    """main(args), with a problem as one line: exit code 2 for the input, 1 for a failed write.
+    (The stages' fgvc.cli.run does the same but imports torch, which preparing does not need.)"""
+    try:
+        main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e} (nothing written)", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run(get_args_parser().parse_args())
