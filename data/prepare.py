@@ -271,8 +271,9 @@ def read_cub(src, val, val_per_class, seed):
     return prepared
 
 
-def draw_per_class(images, n, seed, where, flag):
-    """Split `images` into (kept, drawn): n drawn per class with a seeded generator, kept >= 1 per class."""
+def draw_per_class(images, n, seed, where, flag, names=None):
+    """Split `images` into (kept, drawn): n drawn per class with a seeded generator, kept >= 1 per class.
+    `names` (category id -> name) only makes the error clearer."""
     by_class = defaultdict(list)
     for im in images:
         by_class[im.category_id].append(im)
@@ -281,7 +282,8 @@ def draw_per_class(images, n, seed, where, flag):
     for cid in sorted(by_class):
         members = sorted(by_class[cid], key=lambda im: im.id)
         if len(members) <= n:
-            raise DatasetError(f"{where}: class {cid} has {len(members)} train images, too few to draw {flag} {n} "
+            name = f"class {cid}" if names is None else f"class {names[cid]!r}"
+            raise DatasetError(f"{where}: {name} has {len(members)} train images, too few to draw {flag} {n} "
                                f"and keep one for training")
         order = rng.permutation(len(members))
         drawn += [members[k] for k in order[:n]]
@@ -371,10 +373,10 @@ def read_folder(src, val_per_class, test_per_class, seed):
     next_id = len(train)
     notes = []
     if test is None:
-        train, test = draw_per_class(train, test_per_class, seed, src, "--test-per-class")
+        train, test = draw_per_class(train, test_per_class, seed, src, "--test-per-class", names)
         notes.append(f"test = {test_per_class} per class drawn from {src} (seed --seed = {seed})")
     if val is None:
-        train, val = draw_per_class(train, val_per_class, seed + 1, src, "--val-per-class")
+        train, val = draw_per_class(train, val_per_class, seed + 1, src, "--val-per-class", names)
         notes.append(f"val = {val_per_class} per class drawn from {src} (seed --seed + 1 = {seed + 1})")
     for im in (*val, *test):
         if im.id < 0:
@@ -509,6 +511,8 @@ def main(args):
                         f"{out}: exists and is not a prepared dataset; not overwriting it")
     if out.resolve() == src or src in out.resolve().parents:
         raise UserError(f"{out}: inside the source {src}; write it elsewhere")
+    if args.val != "draw" and args.format != "cub":
+        raise UserError(f"--val {args.val}: cub only (the iNat years have their own val; folder: a sibling val/ folder)")
     if min(args.val_per_class, args.test_per_class) < 1:
         raise UserError("--val-per-class and --test-per-class: at least 1")
     if not src.is_dir():

@@ -333,6 +333,7 @@ FOLDER_BAD = {
     "image listed twice": (lambda root: (root / "train" / "mole rat" / "dup.jpg").write_bytes((root / "train" / "zebra" / "img4.jpg").read_bytes()),
                            ["the same image as", "class 'mole rat'", "listed twice"]),
     "empty class": (lambda root: (root / "train" / "yak").mkdir(), ["train/yak: no images in this class folder"]),
+    "too few to draw test": (lambda root: None, ["class 'Aardvark' has 5 train images, too few to draw --test-per-class 5"]),
 }
 
 
@@ -342,5 +343,6 @@ def test_folder_malformed_input_fails_in_one_line(case, tmp_path):
     make_folder(root / "train")
     mutate, expected = FOLDER_BAD[case]
     mutate(root)
-    line = fails(tmp_path / "d", "folder", root / ("nowhere" if case == "missing folder" else "train"))
+    flags = ["--test-per-class", "5"] if case == "too few to draw test" else []
+    line = fails(tmp_path / "d", "folder", root / ("nowhere" if case == "missing folder" else "train"), *flags)
     assert all(e in line for e in expected), line
