@@ -8,7 +8,9 @@ Masks file, one per split, `<out>/masks_<split>.npz`: `image_ids` (int64, N), `m
 N x h x w: the mask over the whole image, resized to a fixed h x w), written atomically. Read back
 streamed and bit-packed (`load_masks`): memory does not grow with N x h x w.
 """
+import hashlib
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from . import dist
 from .atomic import atomic_write
 from .datasets import PadCollate, by_aspect, make_loader, shard
 from .engine import BadImageCounter, autocast_for, to_device
-from .errors import DatasetError
+from .errors import BadImagesError, DatasetError
 
 THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
 
@@ -118,6 +120,8 @@ def localize(model, dataset, batch_size, workers, device, amp, mask_size, thresh
             bad.add(idx[~ok].tolist())
             bad.check(len(bad.rows))
     bad.report()
+    if len(dataset) and dist.all_sum([float(len(bad.rows))], device)[0] >= len(dataset):
+        raise BadImagesError(f"{dataset.split.json_path}: no readable image among its {len(dataset)}; no masks written")
     if dist.enabled():
         parts = dist.all_gather_objects((rows, masks[rows], cams[rows] if keep_cams else None))
         for r, m, c in parts:
@@ -127,10 +131,26 @@ def localize(model, dataset, batch_size, workers, device, amp, mask_size, thresh
     return masks, cams
 
 
-def save_masks(path, image_ids, masks):
-    """Write `masks_<split>.npz` atomically (compressed: masks are mostly runs of 0 and 1)."""
+MIN_MASK_SIZE = 32
+
+
+def split_fingerprint(split):
+    """sha256 of a split's (image id, file name) pairs in id order: what a masks file was made from."""
+    h = hashlib.sha256()
+    for i, name in sorted(zip((int(i) for i in split.image_ids), split.file_names)):
+        h.update(f"{i}\t{name}\n".encode())
+    return h.hexdigest()
+
+
+def save_masks(path, image_ids, masks, provenance=None):
+    """Write `masks_<split>.npz` atomically (compressed: masks are mostly runs of 0 and 1).
+
+    `provenance` (a dict, stored as JSON text): the split's fingerprint (`split_fingerprint`),
+    the coarse checkpoint and the CAM settings that made the masks. `load_masks` refuses masks
+    whose fingerprint is not the split's."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, image_ids=np.asarray(image_ids, np.int64), masks=np.asarray(masks, np.uint8))
+    extra = {} if provenance is None else {"provenance": np.array(json.dumps(provenance, sort_keys=True))}
+    np.savez_compressed(buf, image_ids=np.asarray(image_ids, np.int64), masks=np.asarray(masks, np.uint8), **extra)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
@@ -186,6 +206,25 @@ def _mask_rows(zf, chunk_bytes=4 << 20):
     return shape, rows()
 
 
+def _check_masks_file(path, zf, ids, shape, split):
+    """Integer ids, each once, masks of at least MIN_MASK_SIZE, made from this split."""
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise DatasetError(f"{path}: image_ids are {ids.dtype}, expected integers")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DatasetError(f"{path}: image id {int(uniq[counts > 1][0])} is listed {int(counts.max())} times "
+                           f"({int((counts > 1).sum())} repeated ids)")
+    if min(shape[1:]) < MIN_MASK_SIZE:
+        raise DatasetError(f"{path}: masks of {shape[1]} x {shape[2]}, smaller than the {MIN_MASK_SIZE} x {MIN_MASK_SIZE} minimum")
+    if "provenance.npy" in zf.namelist():
+        made = json.loads(str(np.lib.format.read_array(zf.open("provenance.npy"), allow_pickle=False)))
+        if made.get("fingerprint") != split_fingerprint(split):
+            raise DatasetError(
+                f"{path}: made from another {made.get('split', 'split')} than {split.json_path or split.name} "
+                f"(other image ids or file names; made by {made.get('checkpoint', 'an unknown checkpoint')}); "
+                f"localize this dataset again (coarse/train.py --localize-only)")
+
+
 def load_masks(out_dir, split):
     """The masks of `split` (a Split), aligned with its rows, as PackedMasks; a clear error if any
     id is missing. The file is streamed: memory holds the packed masks and one chunk of rows."""
@@ -198,6 +237,7 @@ def load_masks(out_dir, split):
             shape, chunks = _mask_rows(zf)
             if ids.ndim != 1 or len(shape) != 3 or len(ids) != shape[0]:
                 raise DatasetError(f"{path}: expected image_ids (N,) and masks (N, h, w), got {ids.shape} and {tuple(shape)}")
+            _check_masks_file(path, zf, ids, shape, split)
             where = {int(i): r for r, i in enumerate(ids)}
             missing = [int(i) for i in split.image_ids if int(i) not in where]
             if missing:

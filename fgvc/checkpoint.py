@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .models import build_model
 
 FORMAT = 1
@@ -73,15 +73,59 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model_args" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this repository (a plain weights file goes to --pretrained)")
     lacks = [k for k in REQUIRED if k not in ckpt] + [f"model_args.{k}" for k in MODEL_ARGS if k not in (ckpt["model_args"] or {})]
     if lacks:
         raise CheckpointError(f"{path}: incomplete checkpoint, no {', '.join(lacks)}")
+    problem = _structure_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint: {problem}")
     ckpt["path"] = str(path)  # where it was read from, for error messages; never saved
     return ckpt
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _structure_problem(ckpt):
+    """What is wrong with the types and ranges of a checkpoint's entries, or None."""
+    m = ckpt["model_args"]
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        return "'model' is not a state dict of tensors"
+    opt = ckpt["optimizer"]
+    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list) and isinstance(opt.get("state"), dict)):
+        return "'optimizer' is not an optimizer state (no param_groups and state)"
+    if ckpt["scaler"] is not None and not isinstance(ckpt["scaler"], dict):
+        return "'scaler' is not a dict"
+    for key in ("epoch", "step", "step_in_epoch"):
+        if not _count(ckpt[key]):
+            return f"'{key}' is {ckpt[key]!r}, expected a whole number >= 0"
+    if not isinstance(m, dict) or m.get("kind") not in ("coarse", "fine") or not isinstance(m.get("arch"), str):
+        return "'model_args' does not name a coarse or fine model and its arch"
+    if not _count(m.get("num_classes")) or m["num_classes"] < 1:
+        return f"'model_args.num_classes' is {m.get('num_classes')!r}"
+    ids = ckpt["class_ids"]
+    if not isinstance(ids, list) or len(ids) != m["num_classes"] or not all(isinstance(c, int) for c in ids):
+        return f"'class_ids' is not a list of {m['num_classes']} integer category ids"
+    if not isinstance(ckpt["args"], dict):
+        return "'args' is not a dict"
+    return None
+
+
+def check_progress(ckpt, path, epochs, steps_per_epoch):
+    """--resume: the saved epoch and step must lie inside the run being continued."""
+    epoch, into = ckpt["epoch"], ckpt["step_in_epoch"]
+    if ckpt["optimizer"] is None:
+        raise CheckpointError(f"{path}: damaged checkpoint: no optimizer state to resume with")
+    if epoch > epochs or into > steps_per_epoch or (epoch == epochs and into > 0):
+        raise CheckpointError(
+            f"{path}: damaged checkpoint: epoch {epoch}, step {into} into the next, but the run has {epochs} epochs "
+            f"of {steps_per_epoch} steps")
+    if ckpt["step"] < epoch * steps_per_epoch + into:
+        raise CheckpointError(f"{path}: damaged checkpoint: {ckpt['step']} optimizer steps cannot reach epoch {epoch}, step {into}")
 
 
 def check_matches(ckpt, path, kind=None, arch=None, class_ids=None):
@@ -126,5 +170,4 @@ def load_weights(model, ckpt):
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path}: weights do not fit the model it describes ({first})") from None
+        raise CheckpointError(f"{path}: weights do not fit the model it describes ({first_line(e)})") from None

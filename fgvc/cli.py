@@ -1,11 +1,13 @@
 """Flags shared by the stage scripts, and the one way they report errors."""
 import argparse
+import math
 import os
+import signal
 import sys
 
 import torch
 
-from . import dist
+from . import dist, interrupt, outputs
 from .errors import UserError
 
 
@@ -82,17 +84,83 @@ def config(args):
     return cfg
 
 
+# Range of every numeric flag any stage has: (lowest, highest, lowest allowed itself).
+# Checked at start, so that nothing runs (and nothing is written) with an impossible value.
+LIMITS = {
+    "epochs": (1, None, True), "batch_size": (1, None, True), "eval_batch_size": (1, None, True),
+    "workers": (0, None, True), "img_size": (16, None, True), "resize": (16, None, True),
+    "max_bad_images": (0, None, True), "save_every": (0, None, True), "log_every": (1, None, True),
+    "seed": (0, 2**32 - 1, True), "lr": (0, None, False), "weight_decay": (0, None, True),
+    "backbone_lr_ratio": (0, None, True), "dropout": (0, 1, True), "crop_k": (0, None, False),
+    "cam_threshold": (0, 1, False), "mask_size": (32, 4096, True), "tta_factors": (0, None, False),
+    "tta_mirror_factors": (0, None, False), "tau": (0, None, True), "max_megapixels": (0, None, False),
+}
+
+
+def _check_number(name, v, lo, hi, lo_ok):
+    flag = "--" + name.replace("_", "-")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise UserError(f"{flag} {v}: not a finite number")
+    if (v < lo if lo_ok else v <= lo) or (hi is not None and v > hi):
+        rng = f"{'>=' if lo_ok else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+        raise UserError(f"{flag} {v:g}: must be {rng}")
+
+
+def validate(args):
+    """Every numeric flag within its range, and a device that exists: one line, exit 2, at start."""
+    for name, (lo, hi, lo_ok) in LIMITS.items():
+        value = getattr(args, name, None)
+        if name == "tau" and value is not None:
+            if value == "auto":
+                continue
+            try:
+                value = float(value)
+            except ValueError:
+                raise UserError(f"--tau {value!r}: a number or 'auto'") from None
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None:
+                _check_number(name, v, lo, hi, lo_ok)
+    device = getattr(args, "device", None)
+    if device is not None:
+        try:
+            d = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise UserError(f"--device {device!r}: not a device (cpu, cuda, cuda:N)") from None
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
+        if d.type not in ("cpu", "cuda"):
+            raise UserError(f"--device {device}: only cpu and cuda are supported")
+    return args
+
+
+def _one_line_error(message):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def run(main, parser):
-    """Parse the flags and call main(args); a UserError or a failed write is one line and exit code 2/1."""
-    args = parser.parse_args()
+    """Parse and check the flags, then call main(args). Exit codes: 0 done; 1 a failed write;
+    2 bad input or flags (one line, nothing written); 130 / 143 stopped by SIGINT / SIGTERM or
+    SIGUSR1 (one line: where, and the checkpoint on disk)."""
+    parser.error = _one_line_error  # argparse's own errors: one line too, no usage block
+    interrupt.install()
     try:
-        main(args)
+        main(validate(parser.parse_args()))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e} (previous files left intact)", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"error: {interrupt.stop_message(signal.SIGINT)}", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except interrupt.Stopped as e:
+        print(f"error: {str(e) or interrupt.stop_message(e.signum)}", file=sys.stderr, flush=True)
+        sys.exit(e.code)
     finally:
+        outputs.release()  # the lock of the run's outputs (a process that dies releases it too)
         dist.cleanup()
 

@@ -50,6 +50,9 @@ class Split:
         return self.root / self.file_names[i]
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -64,6 +67,8 @@ def _load_json(path):
         raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to be a dataset file") from None
 
 
 def _entries(doc, key, path, required):
@@ -88,8 +93,10 @@ def _field(entry, key, path, where, kind=int):
     ok = _is_int(value) if kind is int else isinstance(value, kind)
     if not ok:
         raise DatasetError(
-            f"{path}: {where} has '{key}' of type {type(value).__name__} ({value!r}), expected {kind.__name__}"
+            f"{path}: {where} has '{key}' of type {type(value).__name__} ({_short(value, 60)}), expected {kind.__name__}"
         )
+    if kind is int and not INT64_MIN <= value <= INT64_MAX:
+        raise DatasetError(f"{path}: {where} has '{key}' {value}, outside the int64 range of ids")
     return value
 
 
@@ -154,7 +161,7 @@ def read_split(root, name, classes=None, check_files=True):
         row[image_id] = i
         ids.append(image_id)
         names.append(file_name)
-        sizes.append([v if _is_int(v) else -1 for v in (im.get("width"), im.get("height"))])
+        sizes.append([v if _is_int(v) and 0 < v <= INT64_MAX else -1 for v in (im.get("width"), im.get("height"))])
 
     labels = None
     if annotations:  # test files may carry an empty list

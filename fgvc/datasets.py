@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from . import interrupt
 from .image import BadImage, read_rgb
 
 
@@ -108,6 +109,7 @@ def make_loader(dataset, batch_size, workers, device, sampler=None, persistent=F
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=collate,
+        worker_init_fn=interrupt.worker_init if workers > 0 else None,
         shuffle=False,
         num_workers=workers,
         pin_memory=cuda,

@@ -19,3 +19,8 @@ class BadImagesError(UserError):
 
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite."""
+
+
+def first_line(e, limit=200):
+    """The first line of an exception's message, for one-line errors."""
+    return (str(e).strip().splitlines() or [""])[0][:limit]

@@ -72,3 +72,17 @@ def run_script(*args, cwd=ROOT, check=True, timeout=600):
 
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img-size", "64", "--device", "cpu", "--workers", "0",
         "--batch-size", "8", "--amp", "off"]
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run a stage in-process through cli.run, as the command line does; returns (exit code, stdout, stderr)."""
+    from harness import run_stage
+
+    def go(script, *args):
+        capsys.readouterr()
+        code = run_stage(script, *args)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return go

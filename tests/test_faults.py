@@ -6,7 +6,6 @@ Kills and write limits need a real process: those cases run the stage scripts in
 The others call the same entry point in-process (`cli.run(main, parser)` with sys.argv set),
 which saves the interpreter start-up of every case.
 """
-import importlib.util
 import json
 import os
 import pickle
@@ -24,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, make_dataset
+from harness import call, error_line
 from PIL import Image
 
-from fgvc import cli
 from fgvc.cam import save_masks
 from fgvc.checkpoint import load_checkpoint
 from fgvc.data import load_dataset
@@ -51,53 +50,6 @@ def fine_args(data, out, coarse, *extra):
 
 def scoring_args(data, coarse, fine, submission, *extra):
     return ["--data", data, "--coarse", coarse, "--fine", fine, "--submission", submission, *TEST, *extra]
-
-
-# ---------------------------------------------------------------- running the stages
-
-_STAGES = {}
-
-
-def stage(script):
-    """The stage script as a module (its main() and get_args_parser()), loaded once."""
-    if script not in _STAGES:
-        spec = importlib.util.spec_from_file_location("stage_" + script.replace("/", "_")[:-3], ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _STAGES[script] = module
-    return _STAGES[script]
-
-
-def call(script, *args):
-    """Run a stage in-process without the CLI wrapper (fixtures); errors propagate."""
-    s = stage(script)
-    s.main(s.get_args_parser().parse_args([str(a) for a in args]))
-
-
-@pytest.fixture
-def run_cli(capsys, monkeypatch):
-    """Run a stage in-process through cli.run, as the command line does; returns (exit code, stdout, stderr)."""
-
-    def go(script, *args):
-        s = stage(script)
-        monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-        capsys.readouterr()
-        try:
-            cli.run(s.main, s.get_args_parser())
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return go
-
-
-def error_line(err):
-    """The one `error: ...` line of a failed run (tqdm may have written progress before it)."""
-    lines = [l for l in err.replace("\r", "\n").splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0]
 
 
 # fsync is slowed down in the child so that a checkpoint, masks or submission write lasts long
