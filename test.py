@@ -9,7 +9,8 @@ Reads  --data/{train,val,test}2019.json and images (train for the class prior);
        --fine/checkpoint.pt, --coarse/checkpoint.pt, --coarse/masks_{val,test}.npz;
        --data/truth/test_labels.csv when present (the toy dataset), to score the submission.
 Writes --submission (default submission.csv; submission_val.csv for --split val), atomically:
-       header `id,predicted`, one row per image, 5 category ids best first.
+       header `id,predicted`, one row per image, 5 category ids best first. The path is checked
+       (and locked, `.<name>.lock` beside it) at start: never an input, never a FIFO or device.
 """
 import argparse
 import sys
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parent; sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from fgvc import cli, dist
+from fgvc import cli, dist, outputs
+from fgvc.cam import masks_path
 from fgvc.crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
 from fgvc.data import class_counts, class_prior, load_dataset
 from fgvc.engine import CHECKPOINT
@@ -123,6 +125,11 @@ def main(args):
     need_val = args.eval or args.split == "val" or args.tau == "auto"
     names = ("train",) + (("val",) if need_val else ()) + ((args.split,) if args.split != "val" else ())
     classes, splits = load_dataset(resolve(args.data), splits=names)
+    out = resolve(args.submission or ("submission.csv" if args.split == "test" else "submission_val.csv"))
+    coarse, fine = resolve(args.coarse), resolve(args.fine)
+    reads = [("the --fine checkpoint", fine / CHECKPOINT), ("the --coarse checkpoint", coarse / CHECKPOINT),
+             ("the hidden labels", resolve(args.data) / "truth" / "test_labels.csv")]
+    outputs.claim(None, [("--submission", out)], reads + [("the --coarse masks", masks_path(coarse, n)) for n in splits], splits.values())
     counts = class_counts(splits["train"], len(classes))
     prior = class_prior(counts)
     scorer = Scorer(args, args.model, classes, device)
@@ -173,7 +180,6 @@ def main(args):
     if (~ok).any():
         print(f"{int((~ok).sum())} unreadable {split.name} images got the fallback prediction (the 5 most frequent train classes)", flush=True)
     ids = np.asarray(classes.ids)
-    out = resolve(args.submission or ("submission.csv" if args.split == "test" else "submission_val.csv"))
     write_submission(out, split.image_ids, ids[top])
     print(f"{out}: {len(split)} rows, model {args.model}, tau {tau:g}", flush=True)
     if scored:

@@ -6,7 +6,8 @@
 
 Reads  --data/{train,val,test}2019.json and their images; --pretrained (res/senet154-c7b49a05.pth).
 Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard),
-       --out/masks_{train,val,test}.npz (image_ids int64 N; masks uint8 0/1 N x h x w), --figure.
+       --out/masks_{train,val,test}.npz (image_ids int64 N; masks uint8 0/1 N x h x w),
+       --figure (default --out/sample.png). --out is locked while the run lasts.
 """
 import argparse
 import sys
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from fgvc import cli, dist
+from fgvc import cli, dist, outputs
 from fgvc.cam import localization_accuracy, localize, masks_path, read_boxes, save_masks
 from fgvc.checkpoint import check_matches, load_checkpoint, model_from_checkpoint
 from fgvc.data import load_dataset
@@ -44,7 +45,7 @@ def get_args_parser():
     g.add_argument("--cam-threshold", type=float, default=0.7, help="mask = CAM min-max normalised >= this (default: 0.7)")
     g.add_argument("--cam-class", choices=("label", "predicted"), default="label", help="CAM of the true class on train ('label'), or of the predicted class everywhere (default: label)")
     g.add_argument("--mask-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="mask resolution, at least 32 x 32 (default: 64 64)")
-    g.add_argument("--figure", default="fig/sample.png", help="image / mask / overlay grid of a few val images (default: fig/sample.png)")
+    g.add_argument("--figure", default=None, help="image / mask / overlay grid of a few val images (default: --out/sample.png)")
     return parser
 
 
@@ -96,6 +97,11 @@ def main(args):
     cfg = cli.config(args)
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))
+    args.figure = str(resolve(args.figure or out / "sample.png"))
+    writes, folders = ([], []) if args.localize_only else outputs.fit_outputs(out, args.epochs if args.keep_epochs else 0)
+    reads = [("the checkpoint", out / CHECKPOINT)] if args.localize_only else [("--pretrained", pretrained)]
+    outputs.claim(out, writes + [("--figure", args.figure)] + [("the masks", masks_path(out, n)) for n in splits],
+                  reads + [("the true boxes", resolve(args.data) / "truth" / "boxes.csv")], splits.values(), folders)
     if args.localize_only:
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_matches(ckpt, out / CHECKPOINT, kind="coarse", arch=args.arch, class_ids=classes.ids)

@@ -1,52 +1,96 @@
-"""Atomic file writes: the target holds either its previous complete content or the new one."""
+"""Atomic file writes: the target holds either its previous complete content or the new one.
+
+`atomic_write(path, ...)` writes a temporary file `.<name>.<pid>.<random>.tmp` next to the
+target, fsyncs it and renames it over the target. It replaces only what is ours to replace:
+
+- a target that exists and is not a regular file (a device node, a FIFO, a socket, a directory)
+  is refused with a one-line UserError before anything is written: `--submission /dev/null` must
+  never replace the system's /dev/null with a CSV;
+- a symlink is written *through*: the final component is resolved and the same rule applies to
+  what it points to (a link to a regular file, or to nothing yet, gets the new content at the
+  link's target, and the link stays a link; a link to a FIFO is refused). A symlinked output
+  file behaves like a symlinked output folder, as `>` does in the shell.
+
+The temporary file of a process killed mid-write is not removed here: pid numbers cannot tell
+a dead writer from a live one across containers and pid namespaces. Whoever holds the lock of the
+output directory (or file) removes them at start with `remove_temps` (see outputs.py).
+"""
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
+
+from .errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# `.<name>.<pid>.<mkstemp's random part>.tmp`
+TEMP = re.compile(r"^\.(?P<name>.+)\.\d+\.[A-Za-z0-9_]+\.tmp$")
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink loop"))
 
 
-def remove_stale_temps(path):
-    """Delete `.<name>.<pid>.*.tmp` files next to `path` left by processes that were killed mid-write."""
+def kind_of(mode):
+    """'a FIFO', 'a directory', ... for a stat mode that is not a regular file; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def target(path):
+    """Where a write to `path` lands: `path` with a symlink in its final component followed.
+
+    Raises UserError if that exists and is not a regular file."""
     path = Path(path)
-    prefix = f".{path.name}."
+    real = Path(os.path.realpath(path))
     try:
-        names = os.listdir(path.parent)
+        mode = os.lstat(real).st_mode
+    except FileNotFoundError:
+        return real
+    except OSError as e:  # ELOOP, EACCES on the way
+        raise UserError(f"{path}: cannot write there ({e.strerror})") from None
+    kind = kind_of(mode)
+    if kind:
+        via = f" (via the symlink {path})" if real != Path(os.path.abspath(path)) else ""
+        raise UserError(f"{real}{via} is {kind}, not a regular file: refusing to replace it")
+    return real
+
+
+def remove_temps(directory, name=None):
+    """Delete the temporary files of atomic writes in `directory` (only those of target `name`,
+    if given). Call it only while holding the lock of that directory (or file): a live writer's
+    temporary file is indistinguishable from a dead one's by its name alone. Returns their names."""
+    removed = []
+    try:
+        names = os.listdir(directory)
     except OSError:
-        return
-    for name in names:
-        if not (name.startswith(prefix) and name.endswith(".tmp")):
-            continue
-        pid = name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        return removed
+    for n in sorted(names):
+        m = TEMP.match(n)
+        if m and (name is None or m["name"] == name):
             try:
-                os.unlink(path.parent / name)
+                p = Path(directory) / n
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    os.unlink(p)
+                    removed.append(n)
             except OSError:
                 pass
+    return removed
 
 
 def atomic_write(path, write, mode="wb"):
-    """Call `write(f)` on a temporary file next to `path`, fsync it, then rename it over `path`.
+    """Call `write(f)` on a temporary file next to `path`'s target, fsync it, then rename it over.
 
-    A crash, a kill or a failed write (e.g. disk full) leaves `path` as it was. A failed write
-    removes its temporary file and raises OSError naming `path`; the temporary file of a killed
-    process (`.<name>.<pid>.*.tmp`) is removed by the next write of the same file. The new file
-    gets the mode of the one it replaces, or the usual 0666 & ~umask.
+    A crash, a kill or a failed write (e.g. disk full) leaves the target as it was. A failed write
+    removes its temporary file and raises OSError naming `path`. A target that is not a regular
+    file is refused (UserError) before anything is written; a symlink is written through. The new
+    file gets the mode of the one it replaces, or the usual 0666 & ~umask. Returns the target.
     """
-    path = Path(path)
+    given, path = path, target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
     try:
         perm = path.stat().st_mode & 0o7777
     except OSError:
@@ -65,7 +109,7 @@ def atomic_write(path, write, mode="wb"):
         except FileNotFoundError:
             pass
         if isinstance(e, OSError) and e.filename in (None, tmp):
-            raise OSError(e.errno, f"cannot write it: {e.strerror or e}", str(path)) from e
+            raise OSError(e.errno, f"cannot write it: {e.strerror or e}", str(given)) from e
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

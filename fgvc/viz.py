@@ -1,4 +1,6 @@
-"""fig/sample.png: image / mask / overlay for a few val images, from the real masks."""
+"""The coarse stage's sample figure: image / mask / overlay for a few val images, from the real
+masks. Written to --figure (default <out>/sample.png); only `make demo` updates the README's
+fig/sample.png."""
 import cv2
 import numpy as np
 

@@ -5,7 +5,7 @@
 
 Reads  --data/{train,val}2019.json and their images; --coarse/masks_{train,val}.npz;
        --pretrained (res/senet154-c7b49a05.pth).
-Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard).
+Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard); --out is locked while the run lasts.
 """
 import argparse
 import sys
@@ -13,8 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
-from fgvc import cli, dist
-from fgvc.cam import load_masks
+from fgvc import cli, dist, outputs
+from fgvc.cam import load_masks, masks_path
 from fgvc.crop import CENTRES, CropTransform
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
@@ -44,7 +44,10 @@ def main(args):
         require_weights(pretrained, args.arch)
     cli.resolve_recipe(args, pretrained)
     classes, splits = load_dataset(resolve(args.data), splits=("train", "val"))
-    coarse = resolve(args.coarse)
+    coarse, out = resolve(args.coarse), resolve(args.out)
+    writes, folders = outputs.fit_outputs(out, args.epochs if args.keep_epochs else 0)
+    reads = [("--pretrained", pretrained)] + [("the --coarse masks", masks_path(coarse, n)) for n in splits]
+    outputs.claim(out, writes, reads, splits.values(), folders)
     crop = dict(size=args.img_size, k=args.crop_k, centre=args.crop_centre)
     train_set = ImageDataset(splits["train"], CropTransform(train=True, **crop), args.seed, masks=load_masks(coarse, splits["train"]))
     val_set = ImageDataset(splits["val"], CropTransform(train=False, **crop), args.seed, masks=load_masks(coarse, splits["val"]))
