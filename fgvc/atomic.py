@@ -59,10 +59,11 @@ def target(path):
     return real
 
 
-def remove_temps(directory, name=None):
+def remove_temps(directory, name=None, busy=lambda name: False):
     """Delete the temporary files of atomic writes in `directory` (only those of target `name`,
-    if given). Call it only while holding the lock of that directory (or file): a live writer's
-    temporary file is indistinguishable from a dead one's by its name alone. Returns their names."""
+    if given; never those of a target for which `busy(target name)` holds). Call it only while
+    holding the lock of that directory (or file): a live writer's temporary file is
+    indistinguishable from a dead one's by its name alone. Returns their names."""
     removed = []
     try:
         names = os.listdir(directory)
@@ -70,7 +71,7 @@ def remove_temps(directory, name=None):
         return removed
     for n in sorted(names):
         m = TEMP.match(n)
-        if m and (name is None or m["name"] == name):
+        if m and (name is None or m["name"] == name) and not busy(m["name"]):
             try:
                 p = Path(directory) / n
                 if stat.S_ISREG(os.lstat(p).st_mode):

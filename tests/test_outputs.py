@@ -245,9 +245,16 @@ def test_lock_of_a_killed_run_is_released_and_its_temporaries_removed_by_the_nex
         assert holder.stdout.readline().strip() == "locked"
         temp = tmp_path / f".submission.csv.{holder.pid}.abcdefgh.tmp"  # its write in progress
         temp.write_bytes(b"partial")
+        dead = tmp_path / ".checkpoint.pt.1.abcdefgh.tmp"
+        dead.write_bytes(b"left by a killed writer")
         code, _, err = run_cli("test.py", *scoring(data, target, tmp_path / "missing-fine"))
         assert code == 2 and f"--submission {target} is in use by another run, pid {holder.pid}" in error_line(err)
         assert temp.exists()
+        # a run whose --out is this directory takes its lock and cleans it, but not around a
+        # file that another run holds
+        code, _, err = run_cli("coarse/train.py", "--data", data, "--out", tmp_path, *MODEL, "--localize-only")
+        assert code == 2 and "checkpoint not found" in error_line(err)
+        assert temp.exists() and not dead.exists()
     finally:
         holder.kill()
         holder.wait()
