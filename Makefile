@@ -23,6 +23,7 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps $$(sed -n 's/^# no-deps: *\([^ ]*\).*/\1/p' requirements.txt)
 	touch $(STAMP)
 
 demo: $(STAMP)

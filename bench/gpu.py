@@ -38,7 +38,8 @@ from fgvc.cam import localize
 from fgvc.datasets import ImageDataset, make_loader
 from fgvc.engine import autocast_for, make_optimizer, predict, prepare_model, to_device
 from fgvc.inference import score
-from fgvc.models import build_model, mean_pixel
+from fgvc.backbones import mean_pixel
+from fgvc.models import build_model
 from fgvc.transforms import TrainTransform
 
 K = 1010

@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from fgvc.image import read_rgb
-from fgvc.models import mean_pixel
+from fgvc.backbones import mean_pixel
 from fgvc.transforms import TrainTransform
 
 SIZE, SHORT = 448, 512

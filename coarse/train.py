@@ -23,7 +23,8 @@ from fgvc.checkpoint import check_matches, load_checkpoint, model_from_checkpoin
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
 from fgvc.engine import CHECKPOINT, fit, prepare_model, seed_everything
-from fgvc.models import build_model, mean_pixel, model_args, require_weights, weights_path_arg
+from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
+from fgvc.models import build_model, model_args
 from fgvc.paths import resolve
 from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
 from fgvc.errors import UserError

@@ -19,7 +19,8 @@ from fgvc.crop import CENTRES, CropTransform
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit, seed_everything
-from fgvc.models import build_model, model_args, require_weights, weights_path_arg
+from fgvc.backbones import require_weights, weights_path_arg
+from fgvc.models import build_model, model_args
 from fgvc.paths import resolve
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fgvc.errors import CheckpointError
-from fgvc.models import CoarseNet, FineNet, build_model, default_weights, load_imagenet_weights
+from fgvc.backbones import default_weights, load_imagenet_weights
+from fgvc.models import CoarseNet, FineNet, build_model
 
 
 def original_format_file(path, arch):
