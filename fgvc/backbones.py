@@ -250,6 +250,14 @@ def imagenet_state_dict(arch, path, net=None):
     return sd
 
 
+def imagenet_classifier(arch, path):
+    """(weight (1000, C), bias (1000,)) of the ImageNet classifier in the weights file: the head
+    that turns a headless backbone back into the ImageNet network (tests/test_real_photos.py)."""
+    name = _timm_cfg(arch[len(TIMM):]).classifier if arch.startswith(TIMM) else "last_linear"
+    sd = imagenet_state_dict(arch, path)
+    return sd[f"{name}.weight"], sd[f"{name}.bias"]
+
+
 def load_imagenet_weights(backbone, path, arch):
     """Load a pretrainedmodels ImageNet state dict (the published file format) into a headless backbone.
 

@@ -31,8 +31,12 @@ def add_data_args(parser, out_default):
 
 def add_model_args(parser):
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default="senet154", help="any pretrainedmodels model name (default: senet154)")
-    g.add_argument("--pretrained", default=None, help="ImageNet weights file, or 'none' (default: res/<official file name>, e.g. res/senet154-c7b49a05.pth)")
+    g.add_argument("--arch", default="senet154",
+                   help="a pretrainedmodels model name, or timm/<name> for a timm model with a spatial feature map "
+                        "(README, Backbones and weights) (default: senet154)")
+    g.add_argument("--pretrained", default=None,
+                   help="ImageNet weights file (.pth or .safetensors; never downloaded), or 'none' (default: "
+                        "res/<official file name>, e.g. res/senet154-c7b49a05.pth; timm: the packaged file, or res/<hub name>.safetensors)")
     g.add_argument("--img-size", type=int, default=448, help="square input size (default: 448)")
     g.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=None,
                    help="freeze the stem and first stage (default: frozen with pretrained weights, as the original; "

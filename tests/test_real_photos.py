@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fgvc.backbones import default_weights, imagenet_state_dict
+from fgvc.backbones import default_weights, imagenet_classifier
 from fgvc.image import read_rgb
 from fgvc.models import build_model
 from fgvc.transforms import EvalTransform
@@ -34,11 +34,10 @@ def imagenet_photos():
 
 def imagenet_model(arch=ARCH, kind="fine"):
     """The project's model with the real weights and the ImageNet classifier as its head."""
-    path = default_weights(arch)
-    model = build_model(kind, arch, 1000, pretrained=path)
-    sd = imagenet_state_dict(arch, path)
-    model.head.weight.data.copy_(sd["classifier.weight"].view_as(model.head.weight))
-    model.head.bias.data.copy_(sd["classifier.bias"])
+    model = build_model(kind, arch, 1000, pretrained=default_weights(arch))
+    weight, bias = imagenet_classifier(arch, default_weights(arch))
+    model.head.weight.data.copy_(weight.view_as(model.head.weight))
+    model.head.bias.data.copy_(bias)
     return model.eval()
 
 
