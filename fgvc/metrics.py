@@ -1,4 +1,6 @@
 """Top-k errors, and errors per train-frequency group of classes."""
+import math
+
 import numpy as np
 
 
@@ -40,3 +42,25 @@ def top1_group_errors(pred, labels, counts):
         rows = in_group[labels]
         out[name] = (float((pred[rows] != labels[rows]).mean()) if rows.any() else float("nan"), int(rows.sum()))
     return out
+
+
+def wilson_interval(k, n, z=1.96):
+    """95 % (z = 1.96) Wilson score interval of a proportion k / n, as (low, high)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sign_test(a_right, b_right):
+    """Exact two-sided sign test on paired outcomes: of the images where exactly one of A and B is
+    right, is the split far from even? Returns (only A right, only B right, p-value)."""
+    a, b = np.asarray(a_right, bool), np.asarray(b_right, bool)
+    n_a, n_b = int((a & ~b).sum()), int((b & ~a).sum())
+    n = n_a + n_b
+    if n == 0:
+        return n_a, n_b, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(n_a, n_b) + 1)) / 2.0**n
+    return n_a, n_b, min(1.0, 2 * tail)

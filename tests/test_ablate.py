@@ -1,0 +1,83 @@
+"""The ablation command (bench/ablate.py): its statistics on crafted answers, the oracle masks, and
+one tiny run that writes the table and the figure."""
+import numpy as np
+import pytest
+from conftest import make_dataset
+from harness import call, error_line, stage
+
+from fgvc.data import load_dataset
+from fgvc.errors import UserError
+from fgvc.metrics import sign_test, wilson_interval
+
+TINY = ["--arch", "resnet18", "--pretrained", "none", "--img-size", "48", "--device", "cpu", "--workers", "0",
+        "--batch-size", "8", "--amp", "off", "--epochs", "1"]
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_sign_test_known_values():
+    a = np.array([True] * 8 + [False] * 2 + [True] * 5)
+    b = np.array([False] * 8 + [True] * 2 + [True] * 5)  # the 5 agreeing images do not count
+    assert sign_test(a, b) == (8, 2, pytest.approx(2 * (1 + 10 + 45) / 1024))
+    assert sign_test([True] * 10, [False] * 10) == (10, 0, pytest.approx(2 / 1024))
+    assert sign_test([True, False], [True, False])[2] == 1.0
+
+
+def test_boxes_become_masks_on_the_grid(tmp_path):
+    ablate = stage("bench/ablate.py")
+    _, splits = load_dataset(make_dataset(tmp_path / "ds"))
+    val = splits["val"]
+    boxes = {int(i): (50.0, 10.0, 25.0, 20.0) for i in val.image_ids}  # x 50..75 of 100, y 10..30 of 40
+    sizes = np.tile([100, 40], (len(val), 1))
+    m = ablate.boxes_to_masks(val, boxes, sizes, (32, 32))
+    assert m.shape == (len(val), 32, 32)
+    ys, xs = np.nonzero(m[0])
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (16, 23, 8, 23)
+    del boxes[int(val.image_ids[1])]
+    with pytest.raises(UserError, match="no box for val image id"):
+        ablate.boxes_to_masks(val, boxes, sizes, (32, 32))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("abl")
+    data = make_dataset(tmp / "ds")
+    call("coarse/train.py", "--data", data, "--out", tmp / "coarse", *TINY, "--resize", "56", "--mask-size", "32", "32",
+         "--figure", tmp / "s.png")
+    call("fine/train.py", "--data", data, "--out", tmp / "fine", "--coarse", tmp / "coarse", *TINY)
+    return tmp, data
+
+
+def test_ablation_writes_the_table_and_the_figure_with_intervals(runs, run_cli):
+    tmp, data = runs
+    code, out, err = run_cli("bench/ablate.py", "--data", data, "--coarse", tmp / "coarse", "--fine", tmp / "fine",
+                             "--out", tmp / "fig", "--work", tmp / "work", "--rows", "test,oracle",
+                             "--device", "cpu", "--workers", "0", "--amp", "off")
+    assert code == 0, err[-2000:]
+    md = (tmp / "fig" / "ablation.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith(("| variant", "| ---"))]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names[0].startswith("16 crops, CAM masks, tau 1") and len(rows) == 11  # 10 test-time rows, 1 retrained
+    assert names[-1].startswith("crops of the true boxes (oracle)")
+    assert all(r.count("[") == 2 for r in rows)  # top-1 and top-5 intervals on every row
+    assert all(0 <= float(r.split("|")[6]) <= 1 for r in rows[1:])  # a sign-test p-value against the default
+    assert (tmp / "fig" / "ablation.png").stat().st_size > 5000
+    assert "about" in out and "min left" in out  # a progress line per run
+    oracle = np.load(tmp / "work" / "oracle" / "coarse" / "masks_test.npz")["masks"]
+    assert oracle.shape[1:] == (32, 32) and 0 < oracle.mean() < 0.5
+
+
+def test_a_dataset_without_hidden_labels_is_refused(runs, run_cli, tmp_path):
+    src, data = runs
+    (data / "truth" / "test_labels.csv").rename(tmp_path / "labels.csv")
+    try:
+        code, _, err = run_cli("bench/ablate.py", "--data", data, "--coarse", src / "coarse", "--fine", src / "fine",
+                               "--out", tmp_path / "fig", "--device", "cpu", "--workers", "0")
+    finally:
+        (tmp_path / "labels.csv").rename(data / "truth" / "test_labels.csv")
+    assert code == 2 and "no hidden test labels" in error_line(err)
+    assert not (tmp_path / "fig").exists()
