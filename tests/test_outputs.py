@@ -190,6 +190,18 @@ def test_figure_that_is_an_image_or_a_fifo_is_refused_before_training(data, tmp_
     assert snapshot(data) == dataset and stat.S_ISFIFO(os.stat(tmp_path / "fig.png").st_mode)
 
 
+def test_fine_stage_refuses_to_write_over_its_pretrained_weights(data, tmp_path, run_cli):
+    out = tmp_path / "fine"
+    out.mkdir()
+    (out / "epoch-2.pt").write_bytes(b"weights kept by an earlier run")
+    args = ["--data", data, "--out", out, "--coarse", tmp_path / "no-coarse", "--arch", "resnet18", "--img-size", "32",
+            "--device", "cpu", "--workers", "0", "--amp", "off", "--epochs", "3", "--keep-epochs"]
+    code, _, err = run_cli("fine/train.py", *args, "--pretrained", out / "epoch-2.pt")
+    line = error_line(err)
+    assert code == 2 and f"--keep-epochs weights {out / 'epoch-2.pt'} is an input of this run, --pretrained" in line
+    assert sorted(os.listdir(out)) == ["epoch-2.pt"] and (out / "epoch-2.pt").read_bytes() == b"weights kept by an earlier run"
+
+
 # ---------------------------------------------------------------- 3. the lock, and temporaries
 
 def test_second_run_into_a_locked_out_is_refused_while_the_first_finishes_untouched(tmp_path, run_cli):
