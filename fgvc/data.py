@@ -93,7 +93,7 @@ def _field(entry, key, path, where, kind=int):
     ok = _is_int(value) if kind is int else isinstance(value, kind)
     if not ok:
         raise DatasetError(
-            f"{path}: {where} has '{key}' of type {type(value).__name__} ({_short(value, 60)}), expected {kind.__name__}"
+            f"{path}: {where} has '{key}' of type {type(value).__name__} ({repr(value)[:60]}), expected {kind.__name__}"
         )
     if kind is int and not INT64_MIN <= value <= INT64_MAX:
         raise DatasetError(f"{path}: {where} has '{key}' {value}, outside the int64 range of ids")
