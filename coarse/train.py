@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from fgvc import cli, dist, outputs
-from fgvc.cam import localization_accuracy, localize, masks_path, read_boxes, save_masks
+from fgvc.cam import localization_accuracy, localize, masks_path, read_boxes, save_masks, split_fingerprint
 from fgvc.checkpoint import check_matches, load_checkpoint, model_from_checkpoint
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
@@ -27,7 +27,6 @@ from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
 from fgvc.models import build_model, model_args
 from fgvc.paths import resolve
 from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
-from fgvc.errors import UserError
 from fgvc.image import image_sizes
 from fgvc.viz import save_sample_figure
 
@@ -36,7 +35,9 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description="Coarse stage: CAM classifier and localization masks")
     cli.add_data_args(parser, out_default="coarse/out")
     cli.add_model_args(parser)
-    parser.add_argument("--resize", type=int, default=512, help="short side before the random crop, and of the whole images localized (default: 512)")
+    parser.add_argument("--resize", type=int, default=None,
+                        help="short side before the random crop, and of the whole images localized "
+                             "(default: 512; with --localize-only, the checkpoint's)")
     parser.add_argument("--rotation", choices=("original", "smooth"), default="original",
                         help="original: integer angle in [-15, 14], border filled with the mean colour; "
                              "smooth: continuous angle, reflected border (default: original)")
@@ -58,7 +59,14 @@ def train(args, cfg, classes, splits, out, device, pretrained):
     return fit(model, train_set, val_set, cfg, out, classes.ids, margs, device)
 
 
-def localize_splits(model, args, cfg, splits, out, device):
+def provenance(args, split, source):
+    """What a masks file records of its making (checked by fgvc.cam.load_masks)."""
+    return {"split": split.name, "fingerprint": split_fingerprint(split), "checkpoint": source,
+            "cam_threshold": args.cam_threshold, "cam_class": args.cam_class, "resize": args.resize,
+            "mask_size": list(args.mask_size)}
+
+
+def localize_splits(model, args, cfg, splits, out, device, source):
     """Masks for every split; on val, measured against truth/boxes.csv when the dataset has it."""
     truth = resolve(args.data) / "truth" / "boxes.csv"
     for name, split in splits.items():
@@ -68,7 +76,7 @@ def localize_splits(model, args, cfg, splits, out, device):
         masks, cams = localize(model, dataset, cfg["eval_batch_size"], args.workers, device, args.amp,
                                tuple(args.mask_size), args.cam_threshold, use_labels, keep, args.max_bad_images)
         if dist.is_main():
-            save_masks(masks_path(out, name), split.image_ids, masks)
+            save_masks(masks_path(out, name), split.image_ids, masks, provenance(args, split, source))
             print(f"{masks_path(out, name)}: {len(masks)} masks, mean area {masks.mean():.3f} of the image", flush=True)
             if keep:
                 save_sample_figure(resolve(args.figure), split, masks)
@@ -89,12 +97,12 @@ def report_localization(cams, split, boxes, threshold):
 def main(args):
     device = dist.setup(args.device)
     seed_everything(args.seed)
-    if min(args.mask_size) < 32:
-        raise UserError(f"--mask-size {args.mask_size}: at least 32 x 32")
     pretrained = weights_path_arg(args.pretrained, args.arch)
     if pretrained and not args.localize_only:
         require_weights(pretrained, args.arch)  # stop at once, not after reading the data
     cli.resolve_recipe(args, pretrained)
+    if not args.localize_only:
+        args.resize = args.resize or 512
     cfg = cli.config(args)
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))
@@ -106,10 +114,13 @@ def main(args):
     if args.localize_only:
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_matches(ckpt, out / CHECKPOINT, kind="coarse", arch=args.arch, class_ids=classes.ids)
+        args.resize = args.resize or ckpt["args"].get("resize") or 512
         model = model_from_checkpoint(ckpt)
+        source = f"{out / CHECKPOINT} (epoch {ckpt['epoch']}, step {ckpt['step']})"
     else:
         model = train(args, cfg, classes, splits, out, device, pretrained)
-    localize_splits(prepare_model(model, device), args, cfg, splits, out, device)
+        source = f"{out / CHECKPOINT} (epoch {args.epochs})"
+    localize_splits(prepare_model(model, device), args, cfg, splits, out, device, source)
 
 
 if __name__ == "__main__":
