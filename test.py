@@ -25,7 +25,7 @@ from fgvc.cam import masks_path
 from fgvc.crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
 from fgvc.data import class_counts, class_prior, load_dataset
 from fgvc.engine import CHECKPOINT
-from fgvc.errors import UserError
+from fgvc.errors import BadImagesError, UserError
 from fgvc.inference import load_stage, score, scoring_dataset
 from fgvc.metrics import frequency_groups, top1_group_errors, topk
 from fgvc.paths import resolve
@@ -115,6 +115,11 @@ def hidden_labels(path, split, classes):
     return np.array([index[labels[int(i)]] for i in split.image_ids], np.int64)
 
 
+def require_readable(split, ok):
+    if len(split) and not ok.any():
+        raise BadImagesError(f"{split.json_path}: no readable image among its {len(split)}; no submission written")
+
+
 def main(args):
     device = dist.setup(args.device)
     if args.tau != "auto":
@@ -139,6 +144,7 @@ def main(args):
     if need_val:
         val = splits["val"]
         val_probs, val_ok = scorer(val)
+        require_readable(val, val_ok)
         if args.tau == "auto":
             tau, errs = choose_tau(val_probs, val.labels, prior, TAU_GRID)
             if main_rank:
@@ -163,6 +169,7 @@ def main(args):
         both, ok = scorer(split, reduce=reduce)
         k = both.shape[1] // 2  # 5, or fewer classes
         top, uncorrected = both[:, :k], both[:, k:]
+    require_readable(split, ok)
     fallback = topk(prior[None], 5)[0]  # an unreadable image gets the 5 most frequent train classes
     top[~ok] = fallback
     truth = resolve(args.data) / "truth" / "test_labels.csv"
