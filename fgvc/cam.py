@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import dist
 from .atomic import atomic_write
-from .datasets import PadCollate, by_aspect, make_loader, shard
+from .datasets import by_size, make_loader, shard, size_groups
 from .engine import BadImageCounter, autocast_for, to_device
 from .errors import BadImagesError, DatasetError
 
@@ -70,47 +70,36 @@ def scale_box(box, sx, sy):
     return None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def valid_cams(cam, sizes, padded):
-    """The part of each padded-batch CAM (N, K, fh, fw) that covers its image: a list of
-    (K, vh, vw), vh = fh * height / padded height rounded (and the same for the width)."""
-    fh, fw = cam.shape[-2:]
-    ph, pw = padded
-    out = []
-    for i, (h, w) in enumerate(sizes.tolist()):
-        vh, vw = max(1, min(fh, round(fh * h / ph))), max(1, min(fw, round(fw * w / pw)))
-        out.append(cam[i, :, :vh, :vw])
-    return out
-
-
 @torch.inference_mode()
 def localize(model, dataset, batch_size, workers, device, amp, mask_size, threshold, use_labels, keep_cams=False, max_bad=100):
     """One forward pass per image: logits and CAM together. Returns (masks (N, h, w) uint8, cams).
 
     `dataset` gives whole images with their aspect kept (`transforms.ShortSideTransform`, the
-    original's evaluation input): rows are batched in order of aspect, padded with the mean pixel
-    (`datasets.PadCollate`), and each image's CAM is cut to the cells over the image before it is
-    resized to the mask grid (separate x and y scales). The logits of an image are the mean of its
-    own cells. The CAM is of the ground-truth class when `use_labels` (train), else of the predicted class.
+    original's evaluation input): rows are batched in order of their resized size and each batch
+    runs as one forward pass per distinct size (`datasets.size_groups`: no padding, so an image's
+    CAM does not depend on its batch); the CAM is resized to the mask grid with separate x and y
+    scales. The CAM is of the ground-truth class when `use_labels` (train), else of the predicted class.
     `cams` (N, h, w float16, normalised) is returned when keep_cams, for measuring thresholds.
     Under torchrun each process scores a shard and the results are gathered on every rank.
     Unreadable images get an empty mask (the fine stage then uses the whole image) and are counted.
     """
     model.eval()
     autocast = autocast_for(device, amp)
-    rows = by_aspect(shard(len(dataset), dist.rank(), dist.world()), dataset.split.sizes)
-    collate = PadCollate(model.normalize.mean_pixel())
-    loader = make_loader(dataset, batch_size, workers, device, sampler=rows, collate=collate)
+    rows = shard(len(dataset), dist.rank(), dist.world())
+    expected = getattr(dataset.transform, "output_sizes", None)
+    rows = by_size(rows, expected(dataset.split.sizes)) if expected else rows
+    loader = make_loader(dataset, batch_size, workers, device, sampler=rows, collate=size_groups)
     h, w = mask_size
     masks = np.zeros((len(dataset), h, w), np.uint8)
     cams = np.zeros((len(dataset), h, w), np.float16) if keep_cams else None
     bad = BadImageCounter(dataset.split, max_bad)
-    for x, y, idx, ok, sizes in tqdm(loader, desc=f"localize {dataset.split.name}", disable=not dist.is_main(), leave=False):
+    groups = (g for batch in loader for g in batch)
+    for x, y, idx, ok in tqdm(groups, desc=f"localize {dataset.split.name}", disable=not dist.is_main(), leave=False):
         with autocast():
-            _, cam = model.forward_cam(to_device(x, device))
-        own = valid_cams(cam.float(), sizes, x.shape[-2:])
-        cls = y.tolist() if use_labels else [int(c.mean(dim=(1, 2)).argmax()) for c in own]
-        cam = torch.cat([F.interpolate(c[k][None, None], size=(h, w), mode="bilinear", align_corners=False)[0]
-                         for c, k in zip(own, cls)])
+            logits, cam = model.forward_cam(to_device(x, device))
+        cls = y.to(cam.device) if use_labels else logits.argmax(1)
+        cam = cam.float()[torch.arange(len(cls), device=cam.device), cls]
+        cam = F.interpolate(cam[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         cam, m = cams_to_masks(cam, threshold)
         m *= ok.to(m.device)[:, None, None]
         masks[idx.numpy()] = m.cpu().numpy()

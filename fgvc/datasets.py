@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from . import interrupt
 from .image import BadImage, read_rgb
@@ -76,29 +76,22 @@ class EpochSampler(Sampler):
         return max(0, math.ceil(self.n / self.world) - self.start)
 
 
-class PadCollate:
-    """Batches images of different sizes: each padded at the bottom and right with `fill` (uint8
-    RGB, the mean pixel) to the batch's largest height and width. Returns (x, labels, rows, ok,
-    sizes (B, 2) (height, width) before padding). Sort the rows by aspect to keep padding small."""
-
-    def __init__(self, fill):
-        self.fill = torch.tensor(fill, dtype=torch.uint8).view(3, 1, 1)
-
-    def __call__(self, batch):
-        imgs, labels, rows, ok = zip(*batch)
-        sizes = torch.tensor([im.shape[1:] for im in imgs], dtype=torch.int64)
-        h, w = sizes.max(0).values.tolist()
-        x = self.fill.expand(len(imgs), 3, h, w).clone()
-        for i, im in enumerate(imgs):
-            x[i, :, : im.shape[1], : im.shape[2]] = im
-        return x, torch.tensor(labels), torch.tensor(rows), torch.tensor(ok), sizes
+def size_groups(batch):
+    """Collate images of different sizes: a list of (x, labels, rows, ok), one per distinct image
+    size in the batch, in order of first appearance. Nothing is padded, so what the model computes
+    for an image does not depend on which images share its batch."""
+    groups = {}
+    for img, label, row, ok in batch:
+        groups.setdefault(tuple(img.shape), []).append((img, label, row, ok))
+    return [tuple(default_collate(items)) for items in groups.values()]
 
 
-def by_aspect(rows, sizes):
-    """`rows` ordered by the width / height of `sizes` (N, 2) (width, height; <= 0 unknown: 1)."""
-    s = np.asarray(sizes, dtype=np.float64)[rows]
-    aspect = np.where((s > 0).all(1), s[:, 0] / np.maximum(s[:, 1], 1), 1.0)
-    return [rows[i] for i in np.argsort(aspect, kind="stable")]
+def by_size(rows, sizes):
+    """`rows` ordered by the size their images will have (`sizes` (N, 2) per row, e.g. the
+    transform's output size from the json's width and height), so that batches rarely mix sizes."""
+    keys = np.asarray(sizes, dtype=np.int64)[rows]
+    order = np.lexsort((keys[:, 1], keys[:, 0])) if len(rows) else []
+    return [rows[i] for i in order]
 
 
 def make_loader(dataset, batch_size, workers, device, sampler=None, persistent=False, collate=None):

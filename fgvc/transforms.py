@@ -109,7 +109,7 @@ def warp(img, m, size, fill=None):
     lo, hi = np.floor(corners.min(1)).astype(int) - 1, np.ceil(corners.max(1)).astype(int) + 2
     x0, x1 = _span(int(lo[0]), int(hi[0]), w)
     y0, y1 = _span(int(lo[1]), int(hi[1]), h)
-    rgba = cv2.cvtColor(img[y0:y1, x0:x1], cv2.COLOR_RGB2RGBA)
+    rgba = img[y0:y1, x0:x1] if img.shape[2] == 4 else cv2.cvtColor(img[y0:y1, x0:x1], cv2.COLOR_RGB2RGBA)  # RGBX in: no conversion
     shifted = m[:2] - np.array([[0, 0, x0], [0, 0, y0]])
     if fill is None:
         border = dict(borderMode=cv2.BORDER_REFLECT_101)
@@ -150,7 +150,7 @@ def to_tensor(img):
 
 
 class TrainTransform:
-    """The coarse stage's augmentation. `fill` is the backbone's mean pixel (uint8 RGB, models.mean_pixel):
+    """The coarse stage's augmentation. `fill` is the backbone's mean pixel (uint8 RGB, backbones.mean_pixel):
     the colour of the grid mask's cells and, under rotation='original', of the rotation's border."""
 
     def __init__(self, size, short, fill, max_rotation=15, grid=7, keep=0.9, rotation="original"):
@@ -183,11 +183,25 @@ class EvalTransform:
 
 
 class ShortSideTransform:
-    """The whole image with its short side resized to `short`, the aspect kept (the original's
-    evaluation input). Images differ in size: batch them with `datasets.pad_collate`."""
+    """The whole image with its short side resized to `short` and the aspect kept (the original's
+    evaluation input), the long side rounded to a multiple of `multiple` (32: the stride of the
+    last feature map, so its cells tile the image; the aspect moves by at most 16 px over the long
+    side). Images differ in size: batch them with `datasets.size_groups`."""
 
-    def __init__(self, short):
-        self.short = short
+    def __init__(self, short, multiple=32):
+        self.short, self.multiple = short, multiple
+
+    def size(self, w, h):
+        """(width, height) of the output for a w x h image."""
+        cw, ch = short_side_size(w, h, self.short)
+        if cw >= ch:
+            return max(self.multiple, round(cw / self.multiple) * self.multiple) if cw > self.short else cw, ch
+        return cw, max(self.multiple, round(ch / self.multiple) * self.multiple) if ch > self.short else ch
+
+    def output_sizes(self, sizes):
+        """(N, 2) output (width, height) for image sizes (N, 2) (width, height; <= 0: unknown, (0, 0))."""
+        return [self.size(w, h) if w > 0 and h > 0 else (0, 0) for w, h in sizes]
 
     def __call__(self, img, rng=None):
-        return to_tensor(resize_short(img, self.short))
+        h, w = img.shape[:2]
+        return to_tensor(resize(img, *self.size(w, h)))
