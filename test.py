@@ -26,7 +26,7 @@ from fgvc.crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
 from fgvc.data import class_counts, class_prior, load_dataset
 from fgvc.engine import CHECKPOINT
 from fgvc.errors import BadImagesError, UserError
-from fgvc.inference import load_stage, score, scoring_dataset
+from fgvc.inference import load_stage, score, scoring_dataset, steady_heap
 from fgvc.metrics import frequency_groups, top1_group_errors, topk
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, choose_tau, prior_correct
@@ -121,6 +121,7 @@ def require_readable(split, ok):
 
 
 def main(args):
+    steady_heap()  # one pass over the split: memory must not grow with it
     device = dist.setup(args.device)
     if args.tau != "auto":
         try:

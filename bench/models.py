@@ -13,7 +13,6 @@
 import io
 from contextlib import redirect_stderr
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ class Preloaded(Dataset):
 
     def __init__(self, dataset):
         self.items = [dataset[i] for i in range(len(dataset))]
-        self.split = SimpleNamespace(name="bench")
+        self.split, self.transform = dataset.split, dataset.transform  # localize reads them
 
     def __len__(self):
         return len(self.items)

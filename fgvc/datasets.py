@@ -20,11 +20,12 @@ class ImageDataset(Dataset):
 
     `transform(img, rng)`, or `transform(img, mask, rng)` when `masks` are given: anything whose
     `masks[i]` is the (h, w) mask of row i, an array (N, h, w) or `cam.PackedMasks` (bit-packed,
-    one mask unpacked per sample).
+    one mask unpacked per sample). `cache=False`: each file leaves the page cache once read (a
+    single pass over the split, as in test.py: the cache would grow by the split's size).
     """
 
-    def __init__(self, split, transform, seed=0, masks=None):
-        self.split, self.transform, self.seed, self.masks = split, transform, seed, masks
+    def __init__(self, split, transform, seed=0, masks=None, cache=True):
+        self.split, self.transform, self.seed, self.masks, self.cache = split, transform, seed, masks, cache
         no_mask = None if masks is None else np.zeros((4, 4), np.uint8)
         self.blank = self._apply(np.zeros((8, 8, 3), np.uint8), no_mask, np.random.default_rng(0)).zero_()
 
@@ -39,7 +40,7 @@ class ImageDataset(Dataset):
         label = -1 if self.split.labels is None else int(self.split.labels[i])
         rng = np.random.default_rng([self.seed, epoch, i])
         try:
-            img = read_rgb(self.split.path(i))
+            img = read_rgb(self.split.path(i), cache=self.cache)
         except BadImage:
             return self.blank.clone(), label, i, False
         return self._apply(img, None if self.masks is None else self.masks[i], rng), label, i, True

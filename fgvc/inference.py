@@ -1,6 +1,8 @@
 """Scoring a split with a trained stage: the coarse model on whole images, the fine model on
 test-time crops around the coarse masks. Batched over images; under torchrun each process
 scores a shard and the pieces are gathered."""
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,26 @@ from .crop import MultiCropTransform
 from .datasets import ImageDataset, shard
 from .engine import CHECKPOINT, predict, prepare_model
 from .transforms import EvalTransform
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def steady_heap(threshold=128 * 1024):
+    """Keep this process's heap from growing over a long scoring pass (glibc; elsewhere a no-op).
+
+    glibc maps buffers above a threshold and unmaps them on free, but raises the threshold each
+    time such a buffer is freed; from then on a batch's large buffers come from the heap, which
+    grows in steps as they fragment it (test.py: the main process +90 MB over 3,000 images,
+    none with the threshold fixed; README, Performance). Fixing it keeps them mapped and returned.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def load_stage(out_dir, kind, classes, device):
@@ -28,9 +50,10 @@ def scoring_dataset(kind, ckpt, split, coarse_dir, seed=0, factors=None, mirror_
     older than the flag were trained 'on-mask')."""
     size = ckpt["args"]["img_size"]
     if kind == "coarse":
-        return ImageDataset(split, EvalTransform(size), seed)
+        return ImageDataset(split, EvalTransform(size), seed, cache=False)  # one pass: no page cache kept
     centre = centre or ckpt["args"].get("crop_centre") or "on-mask"
-    return ImageDataset(split, MultiCropTransform(size, factors, mirror_factors, centre), seed, masks=load_masks(coarse_dir, split))
+    return ImageDataset(split, MultiCropTransform(size, factors, mirror_factors, centre), seed, masks=load_masks(coarse_dir, split),
+                        cache=False)
 
 
 def score(model, dataset, batch_size, workers, device, amp, reduce=None, desc=None):

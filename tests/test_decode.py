@@ -1,0 +1,209 @@
+"""The two JPEG decoders give one result, and EXIF orientation is applied on both (fgvc/image.py).
+
+simplejpeg (libjpeg-turbo called directly) decodes colour JPEGs; OpenCV decodes everything else
+and is the reference: the tests force it with decoder="opencv". No timing is asserted here.
+"""
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from fgvc import image
+from fgvc.image import BadImage, exif_orientation, read_rgb
+
+
+# ---------------------------------------------------------------- two decoders, one result
+
+def photo(h, w, seed=0):
+    """Smooth colour fields plus grain: chroma detail that subsampling and upsampling act on."""
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    return cv2.add(img, rng.integers(0, 40, (h, w, 3), dtype=np.uint8))
+
+
+SAMPLING = {"420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "422": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+            "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+
+
+@pytest.fixture
+def decoders_used(monkeypatch):
+    """How many files simplejpeg decoded, and how many OpenCV was asked to decode."""
+    used = {"simplejpeg": 0, "opencv": 0}
+    fast, slow = image._simplejpeg, image._opencv
+
+    def counted_fast(buf, fast_dct):
+        img = fast(buf, fast_dct)
+        used["simplejpeg"] += img is not None
+        return img
+
+    def counted_slow(buf, path):
+        used["opencv"] += 1
+        return slow(buf, path)
+
+    monkeypatch.setattr(image, "_simplejpeg", counted_fast)
+    monkeypatch.setattr(image, "_opencv", counted_slow)
+    return used
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (480, 640), (801, 599)])
+@pytest.mark.parametrize("sampling", sorted(SAMPLING))
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_fast_path_gives_opencvs_pixels(tmp_path, decoders_used, shape, sampling, progressive):
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), photo(*shape), [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                          SAMPLING[sampling], cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])
+    fast = read_rgb(path)
+    assert decoders_used == {"simplejpeg": 1, "opencv": 0}
+    slow = read_rgb(path, decoder="opencv")
+    assert decoders_used == {"simplejpeg": 1, "opencv": 1}
+    assert fast.shape == slow.shape == (*shape, 3) and fast.dtype == np.uint8 and fast.flags.c_contiguous
+    assert np.array_equal(fast, slow)  # the stated tolerance: none (the same libjpeg-turbo settings)
+
+
+def test_fast_dct_option_moves_pixels_a_little(tmp_path):
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), photo(480, 640), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    exact, fast = read_rgb(path).astype(int), read_rgb(path, fast=True).astype(int)
+    assert fast.shape == exact.shape and 0 < np.abs(fast - exact).mean() < 3
+
+
+def test_grayscale_jpeg_takes_the_fallback_and_is_the_same_image(tmp_path, decoders_used):
+    path = tmp_path / "g.jpg"
+    cv2.imwrite(str(path), photo(90, 70)[:, :, 1])
+    img = read_rgb(path)
+    assert decoders_used == {"simplejpeg": 0, "opencv": 1}
+    assert img.shape == (90, 70, 3) and (img[..., 0] == img[..., 2]).all()
+    assert np.array_equal(img, read_rgb(path, decoder="opencv"))
+
+
+ODD = ["gray", "gray16_png", "cmyk", "rgba_png", "png_bytes"]
+BAD = {"truncated": "truncated JPEG", "empty": "empty file", "text": "not a decodable image"}
+
+
+@pytest.mark.parametrize("kind", ODD + sorted(BAD))
+def test_every_odd_file_of_the_fault_suite_takes_the_fallback(tmp_path, decoders_used, kind):
+    from test_faults import spoil
+
+    path = tmp_path / "x.jpg"
+    cv2.imwrite(str(path), photo(60, 80))
+    spoil(path, kind)
+    if kind in BAD:
+        with pytest.raises(BadImage, match=BAD[kind]) as auto:
+            read_rgb(path)
+        with pytest.raises(BadImage) as ref:
+            read_rgb(path, decoder="opencv")
+        assert auto.value.reason == ref.value.reason and decoders_used["simplejpeg"] == 0
+        return
+    img = read_rgb(path)
+    assert decoders_used == {"simplejpeg": 0, "opencv": 1}
+    assert np.array_equal(img, read_rgb(path, decoder="opencv")) and img.shape == (60, 80, 3)
+
+
+def test_a_jpeg_simplejpeg_refuses_falls_back_to_opencv(tmp_path, decoders_used):
+    # a corrupt byte in the entropy-coded data: libjpeg-turbo warns, simplejpeg (strict) refuses,
+    # OpenCV decodes what it can, as before
+    good = bytearray(cv2.imencode(".jpg", photo(64, 64))[1].tobytes())
+    sos = good.index(b"\xff\xda")
+    good[sos + 40 : sos + 44] = b"\xff\xd0\xff\xd1"  # restart markers where none belong
+    path = tmp_path / "c.jpg"
+    path.write_bytes(bytes(good))
+    try:
+        img = read_rgb(path)
+    except BadImage as e:
+        with pytest.raises(BadImage, match=e.reason[:20]):
+            read_rgb(path, decoder="opencv")
+    else:
+        assert np.array_equal(img, read_rgb(path, decoder="opencv"))
+    assert decoders_used["simplejpeg"] == 0 and decoders_used["opencv"] == 2
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+def with_exif(jpeg, orientation, order="II"):
+    """`jpeg` bytes with an APP1 Exif segment holding IFD0 = {Orientation: orientation}, after SOI."""
+    e = "<" if order == "II" else ">"
+    tiff = (order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
+            + struct.pack(e + "HHIH2x", 0x0112, 3, 1, orientation) + struct.pack(e + "I", 0))
+    body = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def quadrants(h=40, w=60):
+    """An upright picture no flip or turn leaves unchanged: four colours, top-left red."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2, : w // 2] = (220, 30, 30)
+    img[: h // 2, w // 2 :] = (30, 220, 30)
+    img[h // 2 :, : w // 2] = (30, 30, 220)
+    img[h // 2 :, w // 2 :] = (220, 220, 30)
+    return img
+
+
+@pytest.mark.parametrize("orientation,stored_turn", [(6, cv2.ROTATE_90_COUNTERCLOCKWISE), (8, cv2.ROTATE_90_CLOCKWISE)])
+@pytest.mark.parametrize("decoder", ["auto", "opencv"])
+def test_exif_rotated_jpeg_decodes_upright(tmp_path, orientation, stored_turn, decoder):
+    upright = quadrants()
+    stored = cv2.rotate(upright, stored_turn)  # what a camera held sideways writes
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(stored, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    path = tmp_path / "r.jpg"
+    path.write_bytes(with_exif(jpeg, orientation))
+    img = read_rgb(path, decoder=decoder)
+    assert img.shape == upright.shape
+    assert np.abs(img.astype(int) - upright).mean() < 4
+    assert read_rgb(path, decoder=decoder, exif=False).shape == stored.shape  # the stored pixels on request
+
+
+@pytest.mark.parametrize("order", ["II", "MM"])
+def test_every_orientation_matches_opencvs_own_exif_handling(tmp_path, order):
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(photo(40, 60), cv2.COLOR_RGB2BGR))[1].tobytes()
+    shapes = set()
+    for orientation in range(1, 9):
+        data = with_exif(jpeg, orientation, order)
+        path = tmp_path / f"{orientation}.jpg"
+        path.write_bytes(data)
+        want = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)  # applies it
+        assert exif_orientation(data) == orientation
+        for decoder in ("auto", "opencv"):
+            assert np.array_equal(read_rgb(path, decoder=decoder), want), (orientation, decoder)
+        shapes.add(want.shape)
+    assert shapes == {(40, 60, 3), (60, 40, 3)}
+
+
+def test_orientation_one_or_absent_leaves_the_image_as_stored(tmp_path):
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(photo(40, 60), cv2.COLOR_RGB2BGR))[1].tobytes()
+    (tmp_path / "none.jpg").write_bytes(jpeg)
+    (tmp_path / "one.jpg").write_bytes(with_exif(jpeg, 1))
+    stored = read_rgb(tmp_path / "none.jpg", exif=False)
+    for name in ("none.jpg", "one.jpg"):
+        for decoder in ("auto", "opencv"):
+            assert np.array_equal(read_rgb(tmp_path / name, decoder=decoder), stored)
+
+
+def test_malformed_exif_is_ignored_not_fatal(tmp_path):
+    jpeg = cv2.imencode(".jpg", photo(40, 60))[1].tobytes()
+    good = with_exif(jpeg, 6)
+    cases = {
+        "orientation 9": with_exif(jpeg, 9),
+        "bad TIFF magic": good.replace(b"II*\0", b"II+\0", 1),
+        "IFD offset past the end": good.replace(b"II*\0\x08\0\0\0", b"II*\0\xff\xff\0\0", 1),
+        "segment length past the file": good[:4] + b"\xff\xff" + good[6:],
+    }
+    assert exif_orientation(good) == 6 and exif_orientation(b"\x89PNG\r\n") == 1
+    for name, data in cases.items():
+        assert exif_orientation(data) == 1, name
+    path = tmp_path / "m.jpg"
+    path.write_bytes(cases["orientation 9"])
+    assert read_rgb(path).shape == (40, 60, 3)
+
+
+# ---------------------------------------------------------------- page cache
+
+def test_a_single_pass_read_drops_the_file_from_the_page_cache(tmp_path, monkeypatch):
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), photo(40, 60))
+    advice = []
+    real = image.os.posix_fadvise
+    monkeypatch.setattr(image.os, "posix_fadvise", lambda fd, off, n, how: advice.append(how) or real(fd, off, n, how))
+    kept = read_rgb(path)
+    assert advice == []  # training reads every epoch: the cache stays
+    assert np.array_equal(read_rgb(path, cache=False), kept) and advice == [image.os.POSIX_FADV_DONTNEED]
