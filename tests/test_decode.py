@@ -207,3 +207,15 @@ def test_a_single_pass_read_drops_the_file_from_the_page_cache(tmp_path, monkeyp
     kept = read_rgb(path)
     assert advice == []  # training reads every epoch: the cache stays
     assert np.array_equal(read_rgb(path, cache=False), kept) and advice == [image.os.POSIX_FADV_DONTNEED]
+
+
+def test_image_sizes_decodes_upright_where_the_json_has_none(tmp_path):
+    from fgvc.data import Split
+    from fgvc.image import image_sizes
+
+    jpeg = cv2.imencode(".jpg", photo(40, 60))[1].tobytes()  # stored 60 wide, 40 high
+    (tmp_path / "r.jpg").write_bytes(with_exif(jpeg, 6))
+    (tmp_path / "j.jpg").write_bytes(with_exif(jpeg, 6))
+    split = Split(name="val", json_path=None, root=tmp_path, image_ids=np.array([1, 2]), file_names=["r.jpg", "j.jpg"],
+                  labels=None, sizes=np.array([[-1, -1], [60, 40]]))
+    assert image_sizes(split).tolist() == [[40, 60], [60, 40]]  # decoded: upright; json: as written
