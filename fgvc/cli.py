@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from . import dist, interrupt, outputs
+from . import dist, image, interrupt, outputs
 from .errors import UserError
 
 
@@ -26,7 +26,15 @@ def add_data_args(parser, out_default):
     g.add_argument("--workers", type=int, default=default_workers(), help="data loader processes (default: min(8, cpus))")
     g.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when available)")
     g.add_argument("--max-bad-images", type=int, default=100, help="unreadable images skipped before the run stops (default: 100)")
+    add_decoding_args(g)
     return g
+
+
+def add_decoding_args(g):
+    g.add_argument("--max-megapixels", type=float, default=100.0,
+                   help="an image whose header declares more pixels is unreadable (a decompression bomb) (default: 100)")
+    g.add_argument("--lenient-jpeg", action="store_true",
+                   help="use JPEGs that libjpeg reports as corrupt but still decodes (default: such a file is unreadable)")
 
 
 def add_model_args(parser):
@@ -151,7 +159,9 @@ def run(main, parser):
     parser.error = _one_line_error  # argparse's own errors: one line too, no usage block
     interrupt.install()
     try:
-        main(validate(parser.parse_args()))
+        args = validate(parser.parse_args())
+        image.configure(getattr(args, "max_megapixels", None), getattr(args, "lenient_jpeg", None))
+        main(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -10,6 +10,18 @@ Two decoders, one result:
 A JPEG without its end-of-image marker (truncated) is refused rather than silently padded with
 grey, before either decoder sees it; every other failure is OpenCV's, as a BadImage with a reason.
 
+Refused before decoding, as unreadable images (counted like any other, `--max-bad-images`):
+- a path that is not a regular file (a FIFO would block the reader for ever; a symlink to a
+  regular file is fine);
+- an image whose header declares more than `LIMITS["max_pixels"]` pixels (a decompression bomb: a
+  5 KB JPEG may declare 30000 x 30000), read from the JPEG frame header or the PNG IHDR chunk;
+  other formats rely on OpenCV's own limit (2**30 pixels);
+- a JPEG that libjpeg reports as corrupt although it decodes ("Corrupt JPEG data: premature end
+  of data segment": a file cut short with an end marker appended decodes with a grey bottom),
+  unless `LIMITS["lenient"]` (flag --lenient-jpeg).
+`configure()` sets both from the flags (`--max-megapixels`, `--lenient-jpeg`) at the start of a run,
+before the loader processes are forked.
+
 EXIF orientation is applied, as the original's `cv2.imread` did: `exif_orientation` reads the tag
 from a JPEG's APP1 segment and `orient` turns the decoded pixels upright, the same for both
 decoders (OpenCV's own handling is not used: it is off for IMREAD_UNCHANGED). `exif=False` gives
@@ -26,6 +38,7 @@ off by default; `FGVC_FAST_JPEG=1` in the environment turns it on for every deco
 processes included).
 """
 import os
+import stat
 import struct
 
 import cv2
@@ -36,6 +49,16 @@ cv2.setNumThreads(1)  # the data loader parallelises over images; nested threads
 
 FAST_JPEG = os.environ.get("FGVC_FAST_JPEG", "0") == "1"
 DECODERS = ("auto", "opencv")
+LIMITS = {"max_pixels": 100_000_000, "lenient": False}  # see configure()
+_GRAY_OR_CMYK = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
+
+
+def configure(max_megapixels=None, lenient=None):
+    """The decoding limits of this process and the loader processes it forks."""
+    if max_megapixels is not None:
+        LIMITS["max_pixels"] = int(max_megapixels * 1_000_000)
+    if lenient is not None:
+        LIMITS["lenient"] = bool(lenient)
 
 
 class BadImage(Exception):
@@ -68,6 +91,9 @@ def read_rgb(path, decoder="auto", fast=None, exif=True, cache=True):
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r}: one of {DECODERS}")
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadImage(path, f"not a regular file ({_kind(mode)})")
         with open(path, "rb") as f:
             buf = np.fromfile(f, dtype=np.uint8)
             if not cache:
@@ -78,23 +104,81 @@ def read_rgb(path, decoder="auto", fast=None, exif=True, cache=True):
         raise BadImage(path, "empty file")
     if _truncated_jpeg(buf):
         raise BadImage(path, "truncated JPEG (no end-of-image marker)")
-    img = _simplejpeg(buf, FAST_JPEG if fast is None else fast) if decoder == "auto" else None
+    _check_declared_size(buf, path)
+    img = _simplejpeg(buf, FAST_JPEG if fast is None else fast, path) if decoder == "auto" else _validate_jpeg(buf, path)
     if img is None:
         img = _opencv(buf, path)
     return orient(img, exif_orientation(buf)) if exif else img
 
 
-def _simplejpeg(buf, fast):
+def _kind(mode):
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _declared_size(buf):
+    """(width, height) from a JPEG frame header or a PNG IHDR chunk, or None for other bytes."""
+    if _is_jpeg(buf):
+        try:
+            h, w = simplejpeg.decode_jpeg_header(buf)[:2]
+            return w, h
+        except ValueError:
+            return None
+    if buf[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and buf.size >= 24 and buf[12:16].tobytes() == b"IHDR":
+        return struct.unpack(">II", buf[16:24].tobytes())
+    return None
+
+
+def _check_declared_size(buf, path):
+    size = _declared_size(buf)
+    if size and size[0] * size[1] > LIMITS["max_pixels"]:
+        raise BadImage(path, f"declares {size[0]} x {size[1]} pixels, more than --max-megapixels "
+                             f"{LIMITS['max_pixels'] / 1e6:g} (a decompression bomb?)")
+
+
+def _simplejpeg(buf, fast, path):
     """RGB pixels of a 3-component YCbCr JPEG, or None: not such a JPEG, or libjpeg-turbo refused
-    it or warned (strict mode), and OpenCV is to decide."""
+    it, and OpenCV is to decide. A JPEG that decodes only with libjpeg's warnings (corrupt data) is
+    a BadImage unless LIMITS["lenient"]."""
     if not _is_jpeg(buf):
         return None
     try:
         if simplejpeg.decode_jpeg_header(buf)[2] != "YCbCr":
-            return None
-        return simplejpeg.decode_jpeg(buf, colorspace="RGB", fastdct=fast, fastupsample=fast)
+            return _validate_jpeg(buf, path)
     except ValueError:
         return None
+    return _strict(buf, path, "RGB", fast)
+
+
+def _strict(buf, path, colorspace, fast=False):
+    """libjpeg-turbo's decode in strict mode: its warnings are errors. A file that fails strictly
+    but decodes leniently is corrupt: refused, or (LIMITS["lenient"]) its lenient pixels. None
+    where libjpeg-turbo cannot decode it at all (OpenCV decides)."""
+    try:
+        return simplejpeg.decode_jpeg(buf, colorspace=colorspace, fastdct=fast, fastupsample=fast, strict=True)
+    except ValueError as strict_error:
+        try:
+            img = simplejpeg.decode_jpeg(buf, colorspace=colorspace, fastdct=fast, fastupsample=fast, strict=False)
+        except ValueError:
+            return None
+        if not LIMITS["lenient"]:
+            raise BadImage(path, f"corrupt JPEG data ({str(strict_error)[:120]}); --lenient-jpeg accepts it") from None
+        return img
+
+
+def _validate_jpeg(buf, path):
+    """For the JPEGs OpenCV decodes (grayscale, CMYK; or every JPEG with decoder='opencv'): refuse a
+    corrupt one (as _strict does) before OpenCV decodes it without a word. Returns None."""
+    if _is_jpeg(buf):
+        try:
+            colorspace = _GRAY_OR_CMYK.get(simplejpeg.decode_jpeg_header(buf)[2], "RGB")
+        except ValueError:
+            return None
+        _strict(buf, path, colorspace)
+    return None
 
 
 def _opencv(buf, path):

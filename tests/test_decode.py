@@ -32,8 +32,8 @@ def decoders_used(monkeypatch):
     used = {"simplejpeg": 0, "opencv": 0}
     fast, slow = image._simplejpeg, image._opencv
 
-    def counted_fast(buf, fast_dct):
-        img = fast(buf, fast_dct)
+    def counted_fast(buf, fast_dct, path):
+        img = fast(buf, fast_dct, path)
         used["simplejpeg"] += img is not None
         return img
 
@@ -100,22 +100,20 @@ def test_every_odd_file_of_the_fault_suite_takes_the_fallback(tmp_path, decoders
     assert np.array_equal(img, read_rgb(path, decoder="opencv")) and img.shape == (60, 80, 3)
 
 
-def test_a_jpeg_simplejpeg_refuses_falls_back_to_opencv(tmp_path, decoders_used):
-    # a corrupt byte in the entropy-coded data: libjpeg-turbo warns, simplejpeg (strict) refuses,
-    # OpenCV decodes what it can, as before
+def test_a_jpeg_libjpeg_warns_about_is_refused_on_both_paths_unless_lenient(tmp_path, decoders_used, monkeypatch):
+    # a corrupt byte in the entropy-coded data: libjpeg-turbo warns and still decodes; by default
+    # that is an unreadable image on both paths (issue 15), --lenient-jpeg gives the same pixels on both
     good = bytearray(cv2.imencode(".jpg", photo(64, 64))[1].tobytes())
     sos = good.index(b"\xff\xda")
     good[sos + 40 : sos + 44] = b"\xff\xd0\xff\xd1"  # restart markers where none belong
     path = tmp_path / "c.jpg"
     path.write_bytes(bytes(good))
-    try:
-        img = read_rgb(path)
-    except BadImage as e:
-        with pytest.raises(BadImage, match=e.reason[:20]):
-            read_rgb(path, decoder="opencv")
-    else:
-        assert np.array_equal(img, read_rgb(path, decoder="opencv"))
-    assert decoders_used["simplejpeg"] == 0 and decoders_used["opencv"] == 2
+    for decoder in ("auto", "opencv"):
+        with pytest.raises(BadImage, match="corrupt JPEG data"):
+            read_rgb(path, decoder=decoder)
+    assert decoders_used["opencv"] == 0
+    monkeypatch.setitem(image.LIMITS, "lenient", True)
+    assert np.array_equal(read_rgb(path), read_rgb(path, decoder="opencv"))
 
 
 # ---------------------------------------------------------------- EXIF orientation

@@ -8,18 +8,20 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT, make_dataset
 from harness import call, error_line
 
-from fgvc import interrupt
+from fgvc import image, interrupt
 from fgvc.cam import save_masks
 from fgvc.checkpoint import load_checkpoint
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit
+from fgvc.image import BadImage, read_rgb
 from fgvc.models import build_model, model_args
 from fgvc.transforms import EvalTransform, TrainTransform
 
@@ -271,3 +273,74 @@ def test_a_signalled_run_prints_one_line_and_resumes(tmp_path, sig, code):
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert 1 <= ckpt["epoch"] < 40
     assert not list(out.glob("masks_*"))
+
+
+# ---------------------------------------------------------------- image files
+
+def jpeg_bytes(h=60, w=80):
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def bomb(data):
+    """The same JPEG with its frame header declaring 30000 x 30000 pixels."""
+    b = bytearray(data)
+    sof = next(i for i in range(2, len(b) - 1) if b[i] == 0xFF and b[i + 1] in (0xC0, 0xC2))
+    b[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") * 2
+    return bytes(b)
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(bomb(jpeg_bytes()))
+    t0 = time.monotonic()
+    with pytest.raises(BadImage, match=r"declares 30000 x 30000 pixels, more than --max-megapixels 100"):
+        read_rgb(path)
+    assert time.monotonic() - t0 < 1.0  # refused from the header, not after decoding 900 MP
+    png = tmp_path / "bomb.png"
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    data[16:24] = (30000).to_bytes(4, "big") * 2
+    png.write_bytes(bytes(data))
+    with pytest.raises(BadImage, match="declares 30000 x 30000"):
+        read_rgb(png)
+
+
+def test_a_fifo_in_place_of_an_image_is_unreadable_not_a_hang(tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(BadImage, match=r"not a regular file \(a FIFO\)"):
+        read_rgb(fifo)
+    real = tmp_path / "real.jpg"
+    real.write_bytes(jpeg_bytes())
+    (tmp_path / "link.jpg").symlink_to(real)
+    assert read_rgb(tmp_path / "link.jpg").shape == (60, 80, 3)  # a symlink to a regular file is fine
+
+
+@pytest.mark.parametrize("decoder", ["auto", "opencv"])
+def test_corrupt_jpeg_that_still_decodes_is_unreadable_unless_lenient(tmp_path, monkeypatch, decoder):
+    data = jpeg_bytes(120, 160)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")  # cut in half, an end marker appended
+    with pytest.raises(BadImage, match="corrupt JPEG data"):
+        read_rgb(path, decoder=decoder)
+    monkeypatch.setitem(image.LIMITS, "lenient", True)
+    assert read_rgb(path, decoder=decoder).shape == (120, 160, 3)
+
+
+def test_bombs_fifos_and_corrupt_jpegs_are_counted_like_any_unreadable_image(trained, tmp_path, run_cli):
+    data, coarse = trained
+    copy = tmp_path / "ds"
+    shutil.copytree(data, copy)
+    _, splits = load_dataset(copy)
+    names = splits["test"].file_names
+    (copy / names[0]).write_bytes(bomb((copy / names[0]).read_bytes()))
+    (copy / names[1]).unlink()
+    os.mkfifo(copy / names[1])
+    whole = (copy / names[2]).read_bytes()
+    (copy / names[2]).write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
+    args = ["--data", copy, "--coarse", coarse, "--model", "coarse", "--device", "cpu", "--workers", "0", "--amp", "off"]
+    code, out, err = run_cli("test.py", *args, "--submission", tmp_path / "s.csv")
+    assert code == 0, err[-2000:]
+    assert "3 unreadable test images got the fallback prediction" in out
+    code, out, _ = run_cli("test.py", *args, "--submission", tmp_path / "s2.csv", "--lenient-jpeg")
+    assert code == 0 and "2 unreadable test images" in out  # the corrupt JPEG is used
