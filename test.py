@@ -52,7 +52,7 @@ def get_args_parser():
     g.add_argument("--batch-size", type=int, default=8, help="images per batch, each with all its crops (default: 8)")
     g.add_argument("--workers", type=int, default=cli.default_workers(), help="data loader processes (default: min(8, cpus))")
     g.add_argument("--device", default=cli.default_device(), help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--amp", choices=("bf16", "fp16", "off"), default="bf16", help="autocast precision (default: bf16)")
+    cli.add_amp_arg(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the crop centres (default: 0)")
     cli.add_decoding_args(g)
     return parser

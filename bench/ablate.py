@@ -61,7 +61,7 @@ def get_args_parser():
     p.add_argument("--device", default=cli.default_device(), help="cuda or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=cli.default_workers(), help="data loader processes")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
-    p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="bf16", help="autocast precision (default: bf16)")
+    cli.add_amp_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the crop centres (default: 0)")
     return p
 

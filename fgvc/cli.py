@@ -30,6 +30,20 @@ def add_data_args(parser, out_default):
     return g
 
 
+def add_amp_arg(g):
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), off elsewhere (bf16 emulated on an AVX2 CPU is ~10x slower than fp32); fp16 (with a GradScaler) on CUDA only (default: auto)")
+
+
+def resolve_amp(amp, device):
+    """'auto' -> 'bf16' where bf16 runs natively (CUDA; a CPU with AVX512-BF16 or AMX), else 'off'."""
+    if amp != "auto":
+        return amp
+    if torch.device(device).type == "cuda":
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
+
+
 def add_decoding_args(g):
     g.add_argument("--max-megapixels", type=float, default=100.0,
                    help="an image whose header declares more pixels is unreadable (a decompression bomb) (default: 100)")
@@ -65,7 +79,7 @@ def add_train_args(parser):
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd: the original's SGD with Nesterov momentum 0.9; adamw: for short runs from scratch (default: sgd)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
     g.add_argument("--backbone-lr-ratio", type=float, default=None, help="backbone lr / head lr (default: 0.1 with pretrained weights, as the original; 1 with --pretrained none)")
-    g.add_argument("--amp", choices=("bf16", "fp16", "off"), default="bf16", help="autocast precision; fp16 (with a GradScaler) on CUDA only (default: bf16)")
+    add_amp_arg(g)
     g.add_argument("--seed", type=int, default=0, help="random seed: same seed, same machine, same run (default: 0)")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint.pt")
     g.add_argument("--save-every", type=int, default=1000, help="also save a checkpoint every N steps (default: 1000; 0: at epoch ends only)")
@@ -160,6 +174,8 @@ def run(main, parser):
     interrupt.install()
     try:
         args = validate(parser.parse_args())
+        if getattr(args, "amp", None) == "auto":
+            args.amp = resolve_amp(args.amp, args.device)
         image.configure(getattr(args, "max_megapixels", None), getattr(args, "lenient_jpeg", None))
         main(args)
     except UserError as e:

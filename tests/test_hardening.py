@@ -344,3 +344,12 @@ def test_bombs_fifos_and_corrupt_jpegs_are_counted_like_any_unreadable_image(tra
     assert "3 unreadable test images got the fallback prediction" in out
     code, out, _ = run_cli("test.py", *args, "--submission", tmp_path / "s2.csv", "--lenient-jpeg")
     assert code == 0 and "2 unreadable test images" in out  # the corrupt JPEG is used
+
+
+def test_amp_auto_is_bf16_only_where_it_is_native():
+    from fgvc.cli import resolve_amp
+
+    assert resolve_amp("off", "cpu") == "off" and resolve_amp("bf16", "cpu") == "bf16"
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_amp("auto", "cpu") == ("bf16" if native else "off")
+    assert resolve_amp("auto", "cuda") == "bf16"
