@@ -1,5 +1,6 @@
 # make demo          the whole method on the embedded toy dataset: ImageNet weights fine-tuned with the original's recipe (CPU)
 # make demo-scratch  the same from scratch (resnet18, AdamW): the earlier demo (CPU)
+# make ablate        the ablation table of the demo's runs (fig/ablation.md, fig/ablation.png; ROWS=test for the test-time rows only)
 # make test          the test suite (what CI runs)
 # make bench  the performance harness (bench/results.json)
 # Each creates .venv from requirements.txt the first time.
@@ -28,7 +29,9 @@ TRAIN := $(MODEL) --batch-size 14 --save-every 0
 SCRATCH_MODEL := --arch resnet18 --pretrained none --img-size 128 --device cpu --workers 2
 SCRATCH := $(SCRATCH_MODEL) --batch-size 32 --optimizer adamw --lr 0.003 --weight-decay 0.05 --backbone-lr-ratio 1 --no-freeze --save-every 0
 
-.PHONY: demo demo-scratch toy test bench clean-demo
+ROWS ?= all
+
+.PHONY: demo demo-scratch toy ablate test bench clean-demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +46,7 @@ toy: $(STAMP)
 
 demo: toy
 	rm -rf $(RUN)
-	$(PY) coarse/train.py --data $(TOY) --out $(RUN)/coarse $(TRAIN) --epochs 4 --resize 146
+	$(PY) coarse/train.py --data $(TOY) --out $(RUN)/coarse $(TRAIN) --epochs 4 --resize 146 --figure fig/sample.png
 	$(PY) fine/train.py --data $(TOY) --out $(RUN)/fine --coarse $(RUN)/coarse $(TRAIN) --epochs 4
 	$(PY) test.py --data $(TOY) --coarse $(RUN)/coarse --fine $(RUN)/fine --device cpu --workers 2 --amp off --eval --tau auto
 
@@ -52,6 +55,10 @@ demo-scratch: toy
 	$(PY) coarse/train.py --data $(TOY) --out $(SCRATCH_RUN)/coarse $(SCRATCH) --epochs 10 --resize 146
 	$(PY) fine/train.py --data $(TOY) --out $(SCRATCH_RUN)/fine --coarse $(SCRATCH_RUN)/coarse $(SCRATCH) --epochs 20
 	$(PY) test.py --data $(TOY) --coarse $(SCRATCH_RUN)/coarse --fine $(SCRATCH_RUN)/fine --device cpu --workers 2 --eval --tau auto
+
+ablate: $(STAMP)
+	test -f $(RUN)/fine/checkpoint.pt || $(MAKE) demo
+	$(PY) bench/ablate.py --data $(TOY) --coarse $(RUN)/coarse --fine $(RUN)/fine --rows $(ROWS) --device cpu --workers 2
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
