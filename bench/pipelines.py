@@ -6,7 +6,7 @@
   at full resolution, THEN short side to 512, rotation by an integer angle `randint(-15, 15)` about
   (w // 2, h // 2) with OpenCV's default border (constant 0: the normalised mean), random 448 crop,
   flip, 7x7 grid mask (cells set to 0, the normalised mean), to a float32 tensor. Same decoder
-  (OpenCV) and OpenCV's float kernels: only the order and the dtype differ from this repo.
+  (OpenCV: `read_rgb(decoder="opencv")`, as the original's cv2.imread) and OpenCV's float kernels.
 - torchvision's usual ImageNet pipeline: PIL open + RandomResizedCrop(448) + RandomHorizontalFlip
   + ToTensor + Normalize, the same output size.
 """
@@ -42,7 +42,7 @@ def this_repo():
 def original(path, seed, size=SIZE, short=SHORT, max_rotation=15, grid=7, keep=0.9):
     """The original's order of operations, all in float32 (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    img = (read_rgb(path).astype(np.float32) - DATASET_MEAN) / DATASET_STD  # full resolution
+    img = (read_rgb(path, decoder="opencv").astype(np.float32) - DATASET_MEAN) / DATASET_STD  # full resolution
     h, w = img.shape[:2]
     s = short / min(h, w)
     img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR)

@@ -86,7 +86,7 @@ def localize(model, dataset, batch_size, workers, device, amp, mask_size, thresh
     model.eval()
     autocast = autocast_for(device, amp)
     rows = shard(len(dataset), dist.rank(), dist.world())
-    expected = getattr(dataset.transform, "output_sizes", None)
+    expected = getattr(getattr(dataset, "transform", None), "output_sizes", None)
     rows = by_size(rows, expected(dataset.split.sizes)) if expected else rows
     loader = make_loader(dataset, batch_size, workers, device, sampler=rows, collate=size_groups)
     h, w = mask_size
