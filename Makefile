@@ -18,8 +18,9 @@ SCRATCH_RUN := runs/toy-scratch
 # recipe, which is every default: SGD with Nesterov momentum, lr 0.04 with the backbone at 0.1x,
 # the per-epoch triangle, stem and first stage frozen, Dropout2d 0.25, the grid mask. Scaled only in
 # input size (128 px crops of a 146 px short side, for 448 of 512), batch (14, the original's) and
-# epochs (4 + 4 for 32 + 32). --amp off: on a CPU without native bf16 (AVX2 only), autocast bf16 is
-# 6x (Lite0) to 19x (resnet18) slower than fp32.
+# epochs (4 + 4 for 32 + 32). --amp off: fp32 on every CPU, so that one seeded run prints the same
+# numbers on CPUs with and without native bf16 (--amp auto would pick bf16 on the former; emulated
+# bf16 on an AVX2 CPU measured 6x slower than fp32 for Lite0).
 MODEL := --arch timm/tf_efficientnet_lite0 --img-size 128 --device cpu --workers 2 --amp off
 TRAIN := $(MODEL) --batch-size 14 --save-every 0
 # From scratch (make demo-scratch): resnet18 at 128 px with AdamW, 10 epochs for the coarse stage and
