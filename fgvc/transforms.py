@@ -13,7 +13,7 @@ That is exact for the geometry; as a filter, bilinear sampling is only right for
 so an image shrunk by more than 2x (`MILD_SHRINK`) is first resized with INTER_AREA (no aliasing).
 Evaluation: the whole image resized to a `size` square (`EvalTransform`), or its short side to
 `short` with the aspect kept (`ShortSideTransform`: localization, as the original evaluated).
-Normalisation with the backbone's mean/std is `models.Normalize`, the model's first layer.
+Normalisation with the backbone's mean/std is `backbones.Normalize`, the model's first layer.
 Every random choice comes from the `rng` argument (numpy Generator): same rng, same output.
 """
 import cv2
