@@ -346,3 +346,25 @@ def test_folder_malformed_input_fails_in_one_line(case, tmp_path):
     flags = ["--test-per-class", "5"] if case == "too few to draw test" else []
     line = fails(tmp_path / "d", "folder", root / ("nowhere" if case == "missing folder" else "train"), *flags)
     assert all(e in line for e in expected), line
+
+
+# ---------------------------------------------------------------- every other format through every stage too
+
+@pytest.mark.parametrize("fmt", list(INAT) + ["folder"])
+def test_every_format_runs_through_every_stage(fmt, tmp_path):
+    """The prepared root is this project's layout: coarse, fine and test.py run on it unchanged
+    (in-process, tiny settings: what is tested is that each stage reads what prepare wrote)."""
+    from harness import call
+
+    if fmt == "folder":
+        prepare("folder", make_folder(tmp_path / "photos"), "--out", tmp_path / "d", "--val-per-class", "1", "--test-per-class", "1")
+    else:
+        prepare(fmt, make_inat(tmp_path / fmt, fmt), "--out", tmp_path / "d")
+    data, tiny = tmp_path / "d", [*TINY, "--epochs", "1"]
+    call("coarse/train.py", "--data", data, "--out", tmp_path / "coarse", *tiny, "--resize", "72", "--mask-size", "32", "32")
+    call("fine/train.py", "--data", data, "--out", tmp_path / "fine", "--coarse", tmp_path / "coarse", *tiny)
+    call("test.py", "--data", data, "--coarse", tmp_path / "coarse", "--fine", tmp_path / "fine", "--device", "cpu",
+         "--workers", "0", "--amp", "off", "--submission", tmp_path / "s.csv", "--tta-factors", "1", "--tta-mirror-factors")
+    _, splits = load_dataset(data)
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert rows[0] == "id,predicted" and sorted(int(r.split(",")[0]) for r in rows[1:]) == sorted(splits["test"].image_ids.tolist())
