@@ -259,7 +259,10 @@ def test_a_signalled_run_prints_one_line_and_resumes(tmp_path, sig, code):
     data = make_dataset(tmp_path / "ds")
     out = tmp_path / "coarse"
     args = [sys.executable, str(ROOT / "coarse" / "train.py"), *map(str, coarse_args(data, out, "--epochs", "40"))]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored (and Python then keeps it ignored, as it should):
+    # give the run the SIGINT of a foreground process, whatever started this test
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not (out / "log.jsonl").exists():  # the first epoch is done: a checkpoint is on disk
         assert proc.poll() is None and time.monotonic() - t0 < 120
