@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from fgvc.backbones import (build_backbone, default_weights, imagenet_state_dict, lukemelas_to_timm, mean_pixel,
+from fgvc.backbones import (default_weights, imagenet_state_dict, lukemelas_to_timm, mean_pixel,
                             packaged_weights, read_state_dict)
 from fgvc.checkpoint import model_from_checkpoint
 from fgvc.errors import CheckpointError

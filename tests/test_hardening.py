@@ -16,7 +16,6 @@ from conftest import ROOT, make_dataset
 from harness import call, error_line
 
 from fgvc import image, interrupt
-from fgvc.cam import save_masks
 from fgvc.checkpoint import load_checkpoint
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
