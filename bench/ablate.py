@@ -39,7 +39,7 @@ from fgvc.checkpoint import load_checkpoint
 from fgvc.data import class_counts, class_prior, load_dataset
 from fgvc.datasets import ImageDataset
 from fgvc.errors import UserError
-from fgvc.inference import load_stage, score
+from fgvc.inference import load_stage, score, steady_heap
 from fgvc.metrics import sign_test, topk, wilson_interval
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, choose_tau, prior_correct
@@ -315,6 +315,7 @@ def figure(path, rows, curves):
 
 
 def main(args):
+    steady_heap()  # scoring passes only (the retrained rows run the stage scripts as subprocesses)
     groups = ROW_GROUPS if args.rows == "all" else tuple(r.strip() for r in args.rows.split(",") if r.strip())
     unknown = [g for g in groups if g not in ROW_GROUPS]
     if unknown or "test" not in groups:

@@ -23,6 +23,7 @@ from fgvc.checkpoint import check_matches, load_checkpoint, model_from_checkpoin
 from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
 from fgvc.engine import CHECKPOINT, fit, prepare_model, seed_everything
+from fgvc.inference import steady_heap
 from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
 from fgvc.models import build_model, model_args
 from fgvc.paths import resolve
@@ -120,6 +121,7 @@ def main(args):
     else:
         model = train(args, cfg, classes, splits, out, device, pretrained)
         source = f"{out / CHECKPOINT} (epoch {args.epochs})"
+    steady_heap()  # the localization pass (after training: this keeps the heap's size, for inference only)
     localize_splits(prepare_model(model, device), args, cfg, splits, out, device, source)
 
 

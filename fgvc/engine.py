@@ -53,19 +53,18 @@ def autocast_for(device, amp):
 
 
 def prepare_model(model, device):
-    """Move to the device; channels_last and cudnn.benchmark on CUDA."""
+    """Move to the device in channels_last (faster on CUDA and on the CPU: Lite0 1.25x in training,
+    1.5x in evaluation here; README, Performance); cudnn.benchmark on CUDA."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        return model.to(device, memory_format=torch.channels_last)
-    return model.to(device)
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def to_device(x, device):
+    """An image batch on the device, in the model's channels_last layout."""
     x = x.to(device, non_blocking=True)
-    if x.device.type == "cuda" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 class BadImageCounter:

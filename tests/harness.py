@@ -1,11 +1,107 @@
-"""Running the stage scripts in-process, as their command lines do (no interpreter start-up per
-case). The `run_cli` fixture (conftest.py) wraps `run_stage` with pytest's output capture."""
+"""What the tests import (`from harness import ...`; tests/conftest.py makes fixtures of some of it):
+the repo root, tiny datasets in the iNat 2019 layout, bad and odd image files, repo scripts run in a
+subprocess, and the stage scripts run in-process, as their command lines do (no interpreter
+start-up per case). The `run_cli` fixture (conftest.py) wraps `run_stage` with pytest's output
+capture."""
 import importlib.util
+import json
+import subprocess
 import sys
+from pathlib import Path
 
-from fgvc import cli
+import cv2
+import numpy as np
+from PIL import Image
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # fgvc, bench and data importable however pytest was started
+
+from fgvc import cli  # noqa: E402
+
+COLORS = [(230, 40, 40), (40, 200, 40), (40, 40, 230), (220, 220, 40), (200, 40, 200)]
+TINY = ["--arch", "resnet18", "--pretrained", "none", "--img-size", "64", "--device", "cpu", "--workers", "0",
+        "--batch-size", "8", "--amp", "off"]
+
+
+def make_dataset(root, category_ids=(40, 5, 17), per_class=(8, 3, 3), seed=0, size=(120, 160)):
+    """A small, learnable dataset: one coloured square per image (colour = class) on noise.
+
+    Category ids are not 0..K-1 and not sorted; json lists are not parallel. Returns the root.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    images = {s: [] for s in ("train", "val", "test")}
+    anns = {s: [] for s in ("train", "val")}
+    boxes, labels = [], []
+    image_id = 1000
+    for split, n in zip(("train", "val", "test"), per_class):
+        for k, cid in enumerate(category_ids):
+            for _ in range(n):
+                h, w = int(rng.integers(size[0], size[1])), int(rng.integers(size[0], size[1]))
+                img = rng.integers(0, 80, (h, w, 3)).astype(np.uint8)
+                s = int(rng.integers(24, 40))
+                x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+                img[y : y + s, x : x + s] = COLORS[k % len(COLORS)]
+                if split == "test":
+                    name = f"test2019/{image_id:032x}.jpg"
+                    labels.append((image_id, cid))
+                else:
+                    name = f"train_val2019/Plants/{cid}/{image_id:032x}.jpg"
+                    anns[split].append({"id": 5000 + image_id, "image_id": image_id, "category_id": cid})
+                path = root / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                images[split].append({"id": image_id, "file_name": name, "width": w, "height": h, "license": 1})
+                boxes.append((image_id, x, y, s, s))
+                image_id += 1
+    cats = [{"id": c, "name": f"species {c}", "kingdom": "Plantae", "phylum": "p", "class": "c", "order": "o",
+             "family": "f", "genus": "g"} for c in category_ids]
+    for split in ("train", "val"):
+        doc = {"info": {}, "images": images[split][::-1], "annotations": anns[split], "categories": cats, "licenses": []}
+        (root / f"{split}2019.json").write_text(json.dumps(doc))
+    (root / "test2019.json").write_text(json.dumps({"info": {}, "images": images["test"], "licenses": []}))
+    (root / "truth").mkdir(exist_ok=True)
+    (root / "truth" / "boxes.csv").write_text("image_id,x,y,w,h\n" + "".join(f"{i},{x},{y},{w},{h}\n" for i, x, y, w, h in boxes))
+    (root / "truth" / "test_labels.csv").write_text("id,category_id\n" + "".join(f"{i},{c}\n" for i, c in labels))
+    return root
+
+
+def run_script(*args, cwd=ROOT, check=True, timeout=600):
+    """Run a repo script with this interpreter; returns the CompletedProcess (text)."""
+    p = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
+    return p
+
+
+def spoil(path, kind):
+    """Rewrite an image file as a bad or odd one (odd ones keep the picture)."""
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    jpeg = cv2.imencode(".jpg", bgr)[1].tobytes()
+    path.unlink()
+    if kind == "truncated":
+        path.write_bytes(jpeg[: len(jpeg) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not an image\n")
+    elif kind == "directory":  # unreadable (root reads through chmod 000, not through a directory)
+        path.mkdir()
+    elif kind == "gray":
+        path.write_bytes(cv2.imencode(".jpg", cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))[1].tobytes())
+    elif kind == "gray16_png":
+        path.write_bytes(cv2.imencode(".png", cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257)[1].tobytes())
+    elif kind == "cmyk":
+        Image.fromarray(rgb).convert("CMYK").save(path, "JPEG")
+    elif kind == "rgba_png":
+        path.write_bytes(cv2.imencode(".png", np.dstack([bgr, np.full(bgr.shape[:2], 200, np.uint8)]))[1].tobytes())
+    elif kind == "png_bytes":
+        path.write_bytes(cv2.imencode(".png", bgr)[1].tobytes())
+
+
+# ---------------------------------------------------------------- the stages in-process
+
 _STAGES = {}
 
 

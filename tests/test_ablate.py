@@ -2,8 +2,7 @@
 one tiny run that writes the table and the figure."""
 import numpy as np
 import pytest
-from conftest import make_dataset
-from harness import call, error_line, stage
+from harness import call, error_line, make_dataset, stage
 
 from fgvc.data import load_dataset
 from fgvc.errors import UserError

@@ -1,7 +1,9 @@
 """The memory side of issue 7 (masks streamed and bit-packed) and the benchmark's own pieces.
 
-No timings are asserted here: speed targets belong to `make bench`.
+No speed is asserted here: speed targets belong to `make bench`.
 """
+import math
+import time
 import zipfile
 
 import cv2
@@ -119,10 +121,22 @@ def test_race_times_every_contender():
     from bench.timing import race, race_items
 
     calls = []
-    t = race_items({"a": lambda r, i: calls.append(("a", r, i)), "b": lambda r, i: calls.append(("b", r, i))}, 3, 2)
-    assert set(t) == {"a", "b"} and len(calls) == 12 and all(v["best_s"] >= 0 and v["items"] == 3 for v in t.values())
-    t = race({"x": lambda r: 5}, 2)
+    t0 = time.perf_counter()
+    t = race_items({"a": lambda r, i: calls.append(("a", r, i)),
+                    "b": lambda r, i: (calls.append(("b", r, i)), time.sleep(0.002))}, 3, 2)
+    elapsed = time.perf_counter() - t0
+    assert set(t) == {"a", "b"} and len(calls) == 12 and all(v["items"] == 3 for v in t.values())
+    # seconds an item: positive and finite, the best no slower than the median pass
+    assert all(0 < v["best_s"] <= v["median_s"] < math.inf for v in t.values())
+    assert t["b"]["best_s"] >= 0.002  # every call of b sleeps 2 ms: no call is timed short
+    # 2 rounds of 3 items each: every timed call lies inside the race, so their bests add up to less
+    assert 2 * 3 * (t["a"]["best_s"] + t["b"]["best_s"]) <= elapsed
+    t0 = time.perf_counter()
+    t = race({"x": lambda r: (time.sleep(0.005), 5)[1]}, 2)
+    elapsed = time.perf_counter() - t0
     assert t["x"]["items"] == 5
+    # a 5 ms pass of 5 items: at least 1 ms an item, and the 2 passes fit in the race
+    assert 0.001 <= t["x"]["best_s"] <= t["x"]["median_s"] and 2 * 5 * t["x"]["best_s"] <= elapsed
 
 
 def test_peak_rss_of_a_child(tmp_path):
@@ -155,7 +169,7 @@ def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from harness import ROOT
 
     out = tmp_path / "gpu.json"
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--out", str(out)],

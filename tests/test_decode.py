@@ -8,6 +8,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
+from harness import spoil
 
 from fgvc import image
 from fgvc.image import BadImage, exif_orientation, read_rgb
@@ -83,8 +84,6 @@ BAD = {"truncated": "truncated JPEG", "empty": "empty file", "text": "not a deco
 
 @pytest.mark.parametrize("kind", ODD + sorted(BAD))
 def test_every_odd_file_of_the_fault_suite_takes_the_fallback(tmp_path, decoders_used, kind):
-    from test_faults import spoil
-
     path = tmp_path / "x.jpg"
     cv2.imwrite(str(path), photo(60, 80))
     spoil(path, kind)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, make_dataset, run_script
+from harness import ROOT, TINY, make_dataset, run_script
 
 from fgvc.checkpoint import load_checkpoint
 

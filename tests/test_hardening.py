@@ -12,8 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_dataset
-from harness import call, error_line
+from harness import ROOT, call, error_line, make_dataset
 
 from fgvc import image, interrupt
 from fgvc.checkpoint import load_checkpoint

@@ -16,8 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, make_dataset
-from harness import error_line, stage
+from harness import ROOT, error_line, make_dataset, stage
 
 from fgvc.atomic import atomic_write, remove_temps
 from fgvc.errors import UserError

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, make_dataset, run_script
+from harness import ROOT, TINY, make_dataset, run_script
 
 from fgvc.data import load_dataset
 from fgvc.submission import read_submission

@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 import pytest
-from conftest import COLORS, ROOT, TINY, run_script
+from harness import COLORS, ROOT, TINY, call, run_script
 
 from fgvc.data import load_dataset
 
@@ -354,8 +354,6 @@ def test_folder_malformed_input_fails_in_one_line(case, tmp_path):
 def test_every_format_runs_through_every_stage(fmt, tmp_path):
     """The prepared root is this project's layout: coarse, fine and test.py run on it unchanged
     (in-process, tiny settings: what is tested is that each stage reads what prepare wrote)."""
-    from harness import call
-
     if fmt == "folder":
         prepare("folder", make_folder(tmp_path / "photos"), "--out", tmp_path / "d", "--val-per-class", "1", "--test-per-class", "1")
     else:

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_script
+from harness import ROOT, run_script
 
 from fgvc.data import class_counts, class_prior, load_dataset, read_split
 from fgvc.errors import DatasetError

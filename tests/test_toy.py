@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from harness import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 REAL_SUPERS = {"Amphibians", "Birds", "Fungi", "Insects", "Plants", "Reptiles"}
 TINY = dict(species=6, max_train=8, val_per_class=2, test_per_class=2)
 
