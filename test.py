@@ -21,15 +21,16 @@ ROOT = Path(__file__).resolve().parent; sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from fgvc import cli, dist, outputs
-from fgvc.cam import masks_path
+from fgvc.annotations import class_counts, class_prior, load_dataset
+from fgvc.checkpoint import CHECKPOINT
 from fgvc.crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
-from fgvc.data import class_counts, class_prior, load_dataset
-from fgvc.engine import CHECKPOINT
 from fgvc.errors import BadImagesError, UserError
-from fgvc.inference import load_stage, score, scoring_dataset, steady_heap
+from fgvc.inference import score, steady_heap
+from fgvc.masks import masks_path
 from fgvc.metrics import frequency_groups, top1_group_errors, topk
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, choose_tau, prior_correct
+from fgvc.stages import STAGES, load_stage
 from fgvc.submission import read_labels, read_submission, top1_error, write_submission
 
 
@@ -59,22 +60,36 @@ def get_args_parser():
 
 
 class Scorer:
-    """Probabilities of a split from one stage's checkpoint."""
+    """Scores a split with one stage's checkpoint (--coarse or --fine), on that stage's input."""
 
     def __init__(self, args, kind, classes, device):
-        if kind == "fine" and not args.tta_factors + args.tta_mirror_factors:
-            raise UserError("--tta-factors and --tta-mirror-factors are both empty: no crops to score")
-        self.args, self.kind, self.device = args, kind, device
-        self.model, self.ckpt = load_stage(resolve(args.fine if kind == "fine" else args.coarse), kind, classes, device)
+        self.args, self.stage, self.classes, self.device = args, STAGES[kind], classes, device
+        self.model, self.ckpt = load_stage(resolve(getattr(args, kind)), kind, classes, device)
+        self.runtime = cli.runtime(args, device)
+
+    def other(self):
+        """A Scorer of the other stage when its checkpoint exists (the baseline beside this model), else None."""
+        kind = "coarse" if self.stage.name == "fine" else "fine"
+        if not (resolve(getattr(self.args, kind)) / CHECKPOINT).is_file():
+            return None
+        return Scorer(self.args, kind, self.classes, self.device)
 
     def __call__(self, split, reduce=None):
         a = self.args
-        dataset = scoring_dataset(self.kind, self.ckpt, split, resolve(a.coarse), a.seed, a.tta_factors, a.tta_mirror_factors, a.crop_centre)
-        return score(self.model, dataset, a.batch_size, a.workers, self.device, a.amp, reduce, desc=f"{self.kind} {split.name}")
+        dataset = self.stage.scoring_dataset(self.ckpt, split, coarse_dir=resolve(a.coarse), seed=a.seed, factors=a.tta_factors,
+                                             mirror_factors=a.tta_mirror_factors, centre=a.crop_centre)
+        return score(self.model, dataset, self.runtime, reduce=reduce, desc=f"{self.stage.name} {split.name}")
 
 
-def label_of(kind):
-    return "fine (crops)" if kind == "fine" else "coarse (whole image)"
+class Top5:
+    """What test.py keeps of each image: its 5 best classes with the prior correction (tau) and
+    without it (for the table on hidden labels); memory does not grow with N x K."""
+
+    def __init__(self, prior, tau):
+        self.prior, self.tau = prior, tau
+
+    def __call__(self, probs):
+        return {"corrected": topk(prior_correct(probs, self.prior, self.tau), 5), "uncorrected": topk(probs, 5)}
 
 
 def error_row(top, labels, counts):
@@ -100,9 +115,9 @@ def error_table(rows, counts):
 
 
 def evaluation_table(scores, labels, prior, counts, tau):
-    """Each model's errors without and with the correction."""
+    """Each model's errors without and with the correction; `scores`: [(label, probabilities)]."""
     return error_table([(name, t, topk(prior_correct(probs, prior, t), 5), labels)
-                        for name, probs in scores.items() for t in dict.fromkeys((0.0, tau))], counts)
+                        for name, probs in scores for t in dict.fromkeys((0.0, tau))], counts)
 
 
 def hidden_labels(path, split, classes):
@@ -121,14 +136,18 @@ def require_readable(split, ok):
         raise BadImagesError(f"{split.json_path}: no readable image among its {len(split)}; no submission written")
 
 
-def main(args):
-    steady_heap()  # one pass over the split: memory must not grow with it
-    device = dist.setup(args.device)
-    if args.tau != "auto":
-        try:
-            tau = float(args.tau)
-        except ValueError:
-            raise UserError(f"--tau {args.tau!r}: a number or 'auto'") from None
+def parse_tau(value):
+    """--tau: a number, or None for 'auto'."""
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"--tau {value!r}: a number or 'auto'") from None
+
+
+def claim_inputs_and_outputs(args):
+    """The dataset's splits this command needs, and the submission path (checked and locked)."""
     need_val = args.eval or args.split == "val" or args.tau == "auto"
     names = ("train",) + (("val",) if need_val else ()) + ((args.split,) if args.split != "val" else ())
     classes, splits = load_dataset(resolve(args.data), splits=names)
@@ -137,61 +156,74 @@ def main(args):
     reads = [("the --fine checkpoint", fine / CHECKPOINT), ("the --coarse checkpoint", coarse / CHECKPOINT),
              ("the hidden labels", resolve(args.data) / "truth" / "test_labels.csv")]
     outputs.claim(None, [("--submission", out)], reads + [("the --coarse masks", masks_path(coarse, n)) for n in splits], splits.values())
+    return classes, splits, out
+
+
+def on_val(args, scorer, val, prior, counts, tau):
+    """Score val; pick tau there with --tau auto; print the table of both stages with --eval.
+    Returns (tau, val probabilities, ok flags)."""
+    probs, ok = scorer(val)
+    require_readable(val, ok)
+    if tau is None:
+        tau, errs = choose_tau(probs, val.labels, prior, TAU_GRID)
+        if dist.is_main():
+            print("tau on val (top-1 error): " + ", ".join(f"{t:g}: {e:.3f}" for t, e in errs.items()) + f" -> tau = {tau:g}", flush=True)
+    if args.eval or args.split == "val":
+        scores = [(scorer.stage.label, probs)]
+        other = scorer.other()
+        if other is not None:
+            scores.append((other.stage.label, other(val)[0]))
+        if dist.is_main():
+            scores.sort(key=lambda s: not s[0].startswith("coarse"))
+            print(f"\nval ({len(val)} images, {len(scorer.classes)} classes)\n" + evaluation_table(scores, val.labels, prior, counts, tau), flush=True)
+    return tau, probs, ok
+
+
+def with_fallback(top, ok, fallback):
+    """An unreadable image gets the 5 most frequent train classes."""
+    top = top.copy()
+    top[~ok] = fallback
+    return top
+
+
+def main(args):
+    steady_heap()  # one pass over the split: memory must not grow with it
+    device = dist.setup(args.device)
+    tau = parse_tau(args.tau)
+    classes, splits, out = claim_inputs_and_outputs(args)
     counts = class_counts(splits["train"], len(classes))
     prior = class_prior(counts)
+    fallback = topk(prior[None], 5)[0]
     scorer = Scorer(args, args.model, classes, device)
-    main_rank = dist.is_main()
 
-    val_probs = None
-    if need_val:
-        val = splits["val"]
-        val_probs, val_ok = scorer(val)
-        require_readable(val, val_ok)
-        if args.tau == "auto":
-            tau, errs = choose_tau(val_probs, val.labels, prior, TAU_GRID)
-            if main_rank:
-                print("tau on val (top-1 error): " + ", ".join(f"{t:g}: {e:.3f}" for t, e in errs.items()) + f" -> tau = {tau:g}", flush=True)
-        if args.eval or args.split == "val":
-            scores = {label_of(args.model): val_probs}
-            other = "coarse" if args.model == "fine" else "fine"
-            if (resolve(getattr(args, other)) / CHECKPOINT).is_file():
-                scores[label_of(other)] = Scorer(args, other, classes, device)(val)[0]
-            if main_rank:
-                order = sorted(scores, key=lambda k: not k.startswith("coarse"))
-                print(f"\nval ({len(val)} images, {len(classes)} classes)\n" + evaluation_table({k: scores[k] for k in order}, val.labels, prior, counts, tau), flush=True)
-
+    # 1. tau (on val with --tau auto) and the table on val
+    if "val" in splits:
+        tau, val_probs, val_ok = on_val(args, scorer, splits["val"], prior, counts, tau)
+    # 2. predict: the top 5 of each image, with and without the correction
     split = splits[args.split]
     if args.split == "val":
-        top, ok = topk(prior_correct(val_probs, prior, tau), 5), val_ok
+        kept, ok = Top5(prior, tau)(val_probs), val_ok
     else:
-        # the top 5 with the correction, and without it beside them for the table on hidden labels
-        def reduce(p):
-            return np.hstack([topk(prior_correct(p, prior, tau), 5), topk(p, 5)])
-
-        both, ok = scorer(split, reduce=reduce)
-        k = both.shape[1] // 2  # 5, or fewer classes
-        top, uncorrected = both[:, :k], both[:, k:]
+        kept, ok = scorer(split, reduce=Top5(prior, tau))
     require_readable(split, ok)
-    fallback = topk(prior[None], 5)[0]  # an unreadable image gets the 5 most frequent train classes
-    top[~ok] = fallback
+    top = with_fallback(kept["corrected"], ok, fallback)
+    # 3. on hidden test labels (the toy's): the rows of the table, the baseline beside the model with --eval
     truth = resolve(args.data) / "truth" / "test_labels.csv"
-    scored = args.split == "test" and truth.is_file()  # the toy's hidden labels: score the submission
     rows = []
-    if scored:
-        uncorrected[~ok] = fallback
-        rows = [(label_of(args.model), t, tp) for t, tp in {0.0: uncorrected, tau: top}.items()]
-        if args.eval and args.model == "fine" and (resolve(args.coarse) / CHECKPOINT).is_file():  # the baseline beside it
-            both, ok_coarse = Scorer(args, "coarse", classes, device)(split, reduce=reduce)  # every process takes part
-            both[~ok_coarse] = np.hstack([fallback, fallback])
-            rows = [(label_of("coarse"), t, both[:, c:c + k]) for t, c in {0.0: k, tau: 0}.items()] + rows
-    if not main_rank:
+    if args.split == "test" and truth.is_file():
+        other = scorer.other() if args.eval and args.model == "fine" else None
+        if other is not None:  # every process takes part
+            base, base_ok = other(split, reduce=Top5(prior, tau))
+            rows += [(other.stage.label, t, with_fallback(base[key], base_ok, fallback)) for t, key in {0.0: "uncorrected", tau: "corrected"}.items()]
+        rows += [(scorer.stage.label, t, with_fallback(kept[key], ok, fallback)) for t, key in {0.0: "uncorrected", tau: "corrected"}.items()]
+    if not dist.is_main():
         return
+    # 4. write the submission, and report
     if (~ok).any():
         print(f"{int((~ok).sum())} unreadable {split.name} images got the fallback prediction (the 5 most frequent train classes)", flush=True)
-    ids = np.asarray(classes.ids)
-    write_submission(out, split.image_ids, ids[top])
+    write_submission(out, split.image_ids, np.asarray(classes.ids)[top])
     print(f"{out}: {len(split)} rows, model {args.model}, tau {tau:g}", flush=True)
-    if scored:
+    if rows:
         labels = hidden_labels(truth, split, classes)
         print(f"\n{split.name} ({len(split)} images), scored on {truth}\n" + error_table([(n, t, tp, labels) for n, t, tp in rows], counts), flush=True)
         print(f"submission top-1 error on the hidden test labels: {top1_error(read_submission(out), read_labels(truth)):.3f}", flush=True)

@@ -33,16 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from fgvc import cli
-from fgvc.cam import cams_to_masks, load_masks, localize, masks_path, read_boxes, save_masks, split_fingerprint
-from fgvc.crop import TTA_FACTORS, TTA_MIRROR_FACTORS, CropTransform, MultiCropTransform
+from fgvc.annotations import class_counts, class_prior, load_dataset
+from fgvc.boxes import read_boxes
+from fgvc.cam import cams_to_masks, localize
 from fgvc.checkpoint import load_checkpoint
-from fgvc.data import class_counts, class_prior, load_dataset
+from fgvc.crop import TTA_FACTORS, TTA_MIRROR_FACTORS, CropTransform, MultiCropTransform
 from fgvc.datasets import ImageDataset
-from fgvc.errors import UserError
-from fgvc.inference import load_stage, score, steady_heap
+from fgvc.errors import UserError, last_line
+from fgvc.inference import score, steady_heap
+from fgvc.masks import load_masks, masks_path, save_masks, split_fingerprint
 from fgvc.metrics import sign_test, topk, wilson_interval
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, choose_tau, prior_correct
+from fgvc.stages import load_stage
 from fgvc.submission import read_labels
 from fgvc.transforms import ShortSideTransform
 
@@ -146,6 +149,7 @@ class Ablation:
             raise UserError(f"{truth}: no label for {len(missing)} test image ids (first: {missing[:5]})")
         self.labels = np.array([index[labels[int(i)]] for i in self.splits["test"].image_ids])
         self.prior = class_prior(class_counts(self.splits["train"], len(self.classes)))
+        self.runtime = cli.runtime(args, args.device)
         self.model, self.ckpt = load_stage(self.fine, "fine", self.classes, args.device)
         self.size = self.ckpt["args"]["img_size"]
         self.centre = self.ckpt["args"].get("crop_centre") or "on-mask"
@@ -159,7 +163,7 @@ class Ablation:
     def probs(self, split, transform, masks, model=None):
         a = self.args
         dataset = ImageDataset(split, transform, a.seed, masks=masks)
-        p, _ = score(model or self.model, dataset, a.batch_size, a.workers, a.device, a.amp)
+        p, _ = score(model or self.model, dataset, self.runtime)
         return p
 
     def multi(self, split, coarse_dir, factors=TTA_FACTORS, mirror=TTA_MIRROR_FACTORS, model=None, centre=None):
@@ -202,8 +206,8 @@ class Ablation:
         cams = {}
         for name in ("val", "test"):
             ds = ImageDataset(self.splits[name], ShortSideTransform(resize), self.args.seed)
-            _, cams[name] = localize(coarse_model, ds, self.args.batch_size, self.args.workers, self.args.device,
-                                     self.args.amp, mask_size, 0.5, use_labels=False, keep_cams=True)
+            _, cams[name] = localize(coarse_model, ds, self.runtime, mask_size=mask_size, threshold=0.5, use_labels=False,
+                                     keep_cams=True)
         rows = []
         for t in THRESHOLDS:
             t0 = time.time()
@@ -242,7 +246,7 @@ class Ablation:
                "--out", str(out), *self.fine_flags(), *extra]
         run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if run.returncode != 0:
-            raise UserError(f"retraining '{group}' failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
+            raise UserError(f"retraining '{group}' failed (exit {run.returncode}): {last_line(run.stderr)}")
         model, _ = load_stage(out, "fine", self.classes, self.args.device)
         centre = extra[1] if extra[:1] == ("--crop-centre",) else None
         return self.row(name, self.multi(self.splits["test"], coarse_dir, model=model, centre=centre), seconds=time.time() - t0)
@@ -267,7 +271,7 @@ class Ablation:
                    "--mask-size", *map(str, a.get("mask_size") or (64, 64)), "--cam-threshold", str(a.get("cam_threshold", 0.7))]
             run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if run.returncode != 0:
-                raise UserError(f"re-localizing with --cam-class predicted failed: {run.stderr.strip().splitlines()[-1:]}")
+                raise UserError(f"re-localizing with --cam-class predicted failed: {last_line(run.stderr)}")
         else:  # on-mask: the default masks
             return self.coarse
         return where

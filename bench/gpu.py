@@ -28,18 +28,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from bench.models import batch1_loop
-from fgvc.cam import localize
-from fgvc.datasets import ImageDataset, make_loader
-from fgvc.engine import autocast_for, make_optimizer, predict, prepare_model, to_device
-from fgvc.inference import score
 from fgvc.backbones import mean_pixel
-from fgvc.models import build_model
+from fgvc.cam import localize
+from fgvc.config import Runtime
+from fgvc.datasets import ImageDataset, make_loader
+from fgvc.engine import make_optimizer, train_step
+from fgvc.inference import autocast_for, predict, prepare_model, score, to_device
+from fgvc.stages import build_model
 from fgvc.transforms import TrainTransform
 
 K = 1010
@@ -100,21 +99,12 @@ def train_rate(model, device, amp, channels_last, args):
     x = to_device(x, device) if channels_last else x.to(device)
     y = torch.randint(0, K, (args.batch_size,), generator=g).to(device)
 
-    def step():
-        with autocast():
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     reset_peak(device)
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        train_step(model, x, y, optimizer=optimizer, autocast=autocast)
     sync(device)
     rate = args.batch_size * args.steps / (time.perf_counter() - t0)
     del optimizer
@@ -195,11 +185,11 @@ def main(args):
 
     def run_localize():
         with redirect_stderr(io.StringIO()):  # its progress bar
-            localize(model, data, bs, 0, device, "bf16", (64, 64), 0.5, use_labels=False)
+            localize(model, data, Runtime(device, bs, 0, "bf16"), mask_size=(64, 64), threshold=0.5, use_labels=False)
         return len(data)
 
     def run_predict():
-        for _ in predict(model, data, bs, 0, device, "bf16"):
+        for _ in predict(model, data, Runtime(device, bs, 0, "bf16")):
             pass
         return len(data)
 
@@ -214,7 +204,7 @@ def main(args):
     crops = Synthetic(max(2, args.images // 4), args.img_size, crops=16)
 
     def run_batched():
-        score(model, crops, 2 if args.smoke else 8, 0, device, "bf16")
+        score(model, crops, Runtime(device, 2 if args.smoke else 8, 0, "bf16"))
         return len(crops)
 
     def run_batch1():

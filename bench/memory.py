@@ -3,7 +3,7 @@
 Datasets in the iNat layout, identical but for the number of test images: the test images are
 copies of the benchmark's 800 px JPEGs in turn (each its own file, as in a real dataset: the
 page cache sees every one), a 3-class train split of 12 images for the prior, and the coarse
-stage's masks file for the test split (`fgvc.cam.save_masks`, 64 x 64 masks, the default).
+stage's masks file for the test split (`fgvc.masks.save_masks`, 64 x 64 masks, the default).
 Checkpoints of randomly initialised models of each kind (`fgvc.checkpoint.save_checkpoint`).
 test.py runs as a subprocess with data loader processes (`--workers`, default 2), `--model coarse`
 on whole images or `--model fine` on crops. Reported:
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fgvc.cam import save_masks
 from fgvc.checkpoint import save_checkpoint
-from fgvc.models import build_model, model_args
+from fgvc.masks import save_masks
+from fgvc.stages import build_model, model_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORY_IDS = (3, 7, 11)
@@ -53,8 +53,8 @@ def make_checkpoint(out_dir, kind, img_size, arch="resnet18"):
     model = build_model(kind, arch, len(CATEGORY_IDS))
     path = Path(out_dir) / "checkpoint.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, model, None, None, 0, 0, 0, {"img_size": img_size, "arch": arch},
-                    model_args(kind, arch, len(CATEGORY_IDS), True), CATEGORY_IDS)
+    save_checkpoint(path, model, args={"img_size": img_size, "arch": arch},
+                    model_args=model_args(kind, arch, len(CATEGORY_IDS), True), class_ids=CATEGORY_IDS)
     return path.parent
 
 

@@ -1,7 +1,7 @@
 """Model-side measurements on the CPU: the CAM's cost, and batched versus batch-1 test-time crops.
 
 - localize_overhead: `fgvc.cam.localize` (logits and CAM from one forward pass, the CAM of the
-  predicted class upsampled and thresholded into a 64 x 64 mask) over `fgvc.engine.predict` (the
+  predicted class upsampled and thresholded into a 64 x 64 mask) over `fgvc.inference.predict` (the
   same forward pass and a softmax), same model and images. The images are decoded and resized
   beforehand (an in-memory dataset), so the ratio compares the model side alone: decoding would
   add the same time to both and hide the difference.
@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fgvc.annotations import Split
 from fgvc.cam import localize
+from fgvc.config import Runtime
 from fgvc.crop import MultiCropTransform
-from fgvc.data import Split
 from fgvc.datasets import ImageDataset
-from fgvc.engine import autocast_for, predict, to_device
-from fgvc.inference import score
-from fgvc.models import build_model
+from fgvc.inference import autocast_for, predict, score, to_device
+from fgvc.stages import build_model
 from fgvc.transforms import EvalTransform
 
 K = 1010  # iNat 2019's classes
@@ -59,11 +59,11 @@ def localize_vs_predict(paths, arch, img_size, batch_size, amp, rounds, race):
 
     def run_localize(r):
         with redirect_stderr(io.StringIO()):  # localize's progress bar
-            masks["m"], _ = localize(model, data, batch_size, 0, "cpu", amp, (64, 64), 0.5, use_labels=False)
+            masks["m"], _ = localize(model, data, Runtime(torch.device("cpu"), batch_size, 0, amp), mask_size=(64, 64), threshold=0.5, use_labels=False)
         return len(data)
 
     def run_predict(r):
-        for _ in predict(model, data, batch_size, 0, "cpu", amp):
+        for _ in predict(model, data, Runtime(torch.device("cpu"), batch_size, 0, amp)):
             pass
         return len(data)
 
@@ -91,7 +91,7 @@ def tta_batched_vs_batch1(paths, masks, arch, crop_size, batch_size, amp, rounds
     probs = {}
 
     def batched(r):
-        probs["batched"], _ = score(model, dataset, batch_size, 0, "cpu", amp)
+        probs["batched"], _ = score(model, dataset, Runtime(torch.device("cpu"), batch_size, 0, amp))
         return len(dataset)
 
     def batch1(r):

@@ -18,7 +18,7 @@ Writes bench/work/ (scratch: images, the memory datasets, logs; kept to save tim
   pipeline_rgbx_over_rgb           the pipeline fed by an RGBX decode over the one fed by RGB (read_rgb)
   decode_images_per_s, decode_mad_vs_opencv   each decoder's rate, and its pixels' mean absolute
                                    difference from OpenCV's (bench/decoders.py)
-  localize_overhead                fgvc.cam.localize time over fgvc.engine.predict (same model, images)
+  localize_overhead                fgvc.cam.localize time over fgvc.inference.predict (same model, images)
   tta_speedup_vs_batch1            test-time crops, 8 images a batch, over the original's batch size 1
   test_memory                      peak memory of test.py --model coarse / fine --workers 2 on
                                    800 px JPEGs, two test-set sizes (--test-sizes): the main process

@@ -18,17 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from fgvc import cli, dist, outputs
-from fgvc.cam import localization_accuracy, localize, masks_path, read_boxes, save_masks, split_fingerprint
-from fgvc.checkpoint import check_matches, load_checkpoint, model_from_checkpoint
-from fgvc.data import load_dataset
-from fgvc.datasets import ImageDataset
-from fgvc.engine import CHECKPOINT, fit, prepare_model, seed_everything
-from fgvc.inference import steady_heap
+from fgvc.annotations import load_dataset
 from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
-from fgvc.models import build_model, model_args
-from fgvc.paths import resolve
-from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
+from fgvc.boxes import localization_accuracy, read_boxes
+from fgvc.cam import localize
+from fgvc.checkpoint import CHECKPOINT, check_matches, load_checkpoint
+from fgvc.datasets import ImageDataset
+from fgvc.engine import fit, seed_everything
 from fgvc.image import image_sizes
+from fgvc.inference import prepare_model, steady_heap
+from fgvc.masks import masks_path, save_masks, split_fingerprint
+from fgvc.paths import resolve
+from fgvc.stages import build_model, model_args, model_from_checkpoint
+from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
 from fgvc.viz import save_sample_figure
 
 
@@ -52,34 +54,35 @@ def get_args_parser():
     return parser
 
 
-def train(args, cfg, classes, splits, out, device, pretrained):
-    model = build_model("coarse", args.arch, len(classes), pretrained, args.freeze, args.dropout, args.frozen_bn)
+def train(args, config, classes, splits, pretrained):
+    model = build_model("coarse", args.arch, len(classes), pretrained=pretrained, freeze=args.freeze, dropout=args.dropout,
+                        frozen_bn=args.frozen_bn)
     train_set = ImageDataset(splits["train"], TrainTransform(args.img_size, args.resize, mean_pixel(args.arch), rotation=args.rotation), args.seed)
     val_set = ImageDataset(splits["val"], EvalTransform(args.img_size), args.seed)
     margs = model_args("coarse", args.arch, len(classes), args.freeze, args.dropout)
-    return fit(model, train_set, val_set, cfg, out, classes.ids, margs, device)
+    return fit(model, train_set, val_set, config=config, out_dir=resolve(args.out), class_ids=classes.ids, model_args=margs)
 
 
 def provenance(args, split, source):
-    """What a masks file records of its making (checked by fgvc.cam.load_masks)."""
+    """What a masks file records of its making (checked by fgvc.masks.load_masks)."""
     return {"split": split.name, "fingerprint": split_fingerprint(split), "checkpoint": source,
             "cam_threshold": args.cam_threshold, "cam_class": args.cam_class, "resize": args.resize,
             "mask_size": list(args.mask_size)}
 
 
-def localize_splits(model, args, cfg, splits, out, device, source):
+def localize_splits(model, args, runtime, splits, source):
     """Masks for every split; on val, measured against truth/boxes.csv when the dataset has it."""
-    truth = resolve(args.data) / "truth" / "boxes.csv"
+    out, truth = resolve(args.out), resolve(args.data) / "truth" / "boxes.csv"
     for name, split in splits.items():
-        use_labels = name == "train" and args.cam_class == "label"
-        keep = name == "val"
+        measured = name == "val"
         dataset = ImageDataset(split, ShortSideTransform(args.resize), args.seed)
-        masks, cams = localize(model, dataset, cfg["eval_batch_size"], args.workers, device, args.amp,
-                               tuple(args.mask_size), args.cam_threshold, use_labels, keep, args.max_bad_images)
+        masks, cams = localize(model, dataset, runtime, mask_size=tuple(args.mask_size), threshold=args.cam_threshold,
+                               use_labels=name == "train" and args.cam_class == "label", keep_cams=measured,
+                               max_bad=args.max_bad_images)
         if dist.is_main():
             save_masks(masks_path(out, name), split.image_ids, masks, provenance(args, split, source))
             print(f"{masks_path(out, name)}: {len(masks)} masks, mean area {masks.mean():.3f} of the image", flush=True)
-            if keep:
+            if measured:
                 save_sample_figure(resolve(args.figure), split, masks)
                 if truth.is_file():
                     report_localization(cams, split, read_boxes(truth), args.cam_threshold)
@@ -104,7 +107,7 @@ def main(args):
     cli.resolve_recipe(args, pretrained)
     if not args.localize_only:
         args.resize = args.resize or 512
-    cfg = cli.config(args)
+    config = cli.train_config(args, device)
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))
     args.figure = str(resolve(args.figure or out / "sample.png"))
@@ -119,10 +122,10 @@ def main(args):
         model = model_from_checkpoint(ckpt)
         source = f"{out / CHECKPOINT} (epoch {ckpt['epoch']}, step {ckpt['step']})"
     else:
-        model = train(args, cfg, classes, splits, out, device, pretrained)
+        model = train(args, config, classes, splits, pretrained)
         source = f"{out / CHECKPOINT} (epoch {args.epochs})"
     steady_heap()  # the localization pass (after training: this keeps the heap's size, for inference only)
-    localize_splits(prepare_model(model, device), args, cfg, splits, out, device, source)
+    localize_splits(prepare_model(model, device), args, config.eval, splits, source)
 
 
 if __name__ == "__main__":

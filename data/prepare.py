@@ -14,7 +14,7 @@ Reads SRC, one of:
     folder          SRC/<class name>/**/<image> (any depth); when SRC is named `train`, its siblings
                     SRC/../val and SRC/../test are used where they exist (test: class folders, or
                     loose images without labels)
-Writes DIR/train2019.json, DIR/val2019.json, DIR/test2019.json (the schema fgvc/data.py reads),
+Writes DIR/train2019.json, DIR/val2019.json, DIR/test2019.json (the schema fgvc/annotations.py reads),
     the images under DIR (a relative symlink per top folder by default; --link hard, or --copy),
     DIR/truth/test_labels.csv (id,category_id) where the test labels are known (cub, folder),
     DIR/truth/boxes.csv (image_id,x,y,w,h) for cub, so that the coarse stage reports localization.
@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from fgvc.data import SPLIT_FILES, _check_file_name, _entries, _field, _is_int, _load_json, load_dataset
-from fgvc.errors import DatasetError, UserError
+from fgvc.annotations import SPLIT_FILES, _check_file_name, _entries, _field, _is_int, _load_json, load_dataset
+from fgvc.errors import DatasetError, UserError, fail
 from fgvc.image import BadImage, read_rgb
 from fgvc.paths import resolve
 
@@ -533,11 +533,9 @@ def run(args):
     try:
         main(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        fail(e, 2)
     except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e} (nothing written)", file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail(f"{e.filename or ''}: {e.strerror or e} (nothing written)", 1)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ import torch
 
 from .atomic import atomic_write
 from .errors import CheckpointError, first_line
-from .models import build_model
 
+CHECKPOINT = "checkpoint.pt"  # in each stage's --out
 FORMAT = 1
 # Keys every checkpoint has (load_checkpoint refuses a file without them).
 REQUIRED = ("model", "optimizer", "scaler", "epoch", "step", "step_in_epoch", "args", "model_args", "class_ids")
 MODEL_ARGS = ("kind", "arch", "num_classes")
-# Flags that a resumed run must share with the run it continues.
-ESSENTIAL = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size", "crop_k",
-             "optimizer", "dropout", "frozen_bn", "rotation", "crop_centre")
+KINDS = ("coarse", "fine")  # the stages (fgvc/stages.py) whose models a checkpoint can hold
 
 
 def _plain(value):
@@ -37,7 +35,10 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def save_checkpoint(path, model, optimizer, scaler, epoch, step, step_in_epoch, args, model_args, class_ids):
+def save_checkpoint(path, model, *, args, model_args, class_ids, optimizer=None, scaler=None, progress=(0, 0, 0)):
+    """Write the checkpoint atomically. `progress`: (epochs completed, optimizer steps so far,
+    steps into the epoch in progress); `args`: the run's flags (TrainConfig.flags)."""
+    epoch, step, step_in_epoch = progress
     state = {
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
@@ -103,7 +104,7 @@ def _structure_problem(ckpt):
     for key in ("epoch", "step", "step_in_epoch"):
         if not _count(ckpt[key]):
             return f"'{key}' is {ckpt[key]!r}, expected a whole number >= 0"
-    if not isinstance(m, dict) or m.get("kind") not in ("coarse", "fine") or not isinstance(m.get("arch"), str):
+    if not isinstance(m, dict) or m.get("kind") not in KINDS or not isinstance(m.get("arch"), str):
         return "'model_args' does not name a coarse or fine model and its arch"
     if not _count(m.get("num_classes")) or m["num_classes"] < 1:
         return f"'model_args.num_classes' is {m.get('num_classes')!r}"
@@ -147,21 +148,12 @@ def check_matches(ckpt, path, kind=None, arch=None, class_ids=None):
             )
 
 
-def check_resume(ckpt, path, args):
-    """--resume with other essential flags than the saved run is an error naming each difference."""
+def check_resume(ckpt, path, flags, essential):
+    """--resume with other `essential` flags than the saved run is an error naming each difference."""
     saved = ckpt["args"]
-    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {args.get(k)!r}" for k in ESSENTIAL if saved.get(k) != args.get(k)]
+    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {flags.get(k)!r}" for k in essential if saved.get(k) != flags.get(k)]
     if diffs:
         raise CheckpointError(f"{path}: --resume with changed essential flags: {'; '.join(diffs)}")
-
-
-def model_from_checkpoint(ckpt):
-    """Rebuild the model from the checkpoint alone and load its weights."""
-    m = ckpt["model_args"]
-    model = build_model(m["kind"], m["arch"], m["num_classes"], pretrained=None, freeze=m.get("freeze", True),
-                        dropout=m.get("dropout", 0.25))
-    load_weights(model, ckpt)
-    return model
 
 
 def load_weights(model, ckpt):

@@ -3,12 +3,12 @@ import argparse
 import math
 import os
 import signal
-import sys
 
 import torch
 
 from . import dist, image, interrupt, outputs
-from .errors import UserError
+from .config import Runtime, TrainConfig
+from .errors import UserError, fail
 
 
 def default_device():
@@ -101,13 +101,23 @@ def resolve_recipe(args, pretrained):
     return args
 
 
-def config(args):
-    """The flags as a plain dict for checkpoints, plus the number of processes."""
-    cfg = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, tuple)) else v) for k, v in vars(args).items()}
-    cfg["world_size"] = dist.world()
-    if cfg.get("eval_batch_size") is None and "batch_size" in cfg:
-        cfg["eval_batch_size"] = 2 * cfg["batch_size"]
-    return cfg
+def flags_dict(args):
+    """The flags as a plain dict, as checkpoints store them, plus the number of processes."""
+    flags = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, tuple)) else v) for k, v in vars(args).items()}
+    flags["world_size"] = dist.world()
+    if flags.get("eval_batch_size") is None and "batch_size" in flags:
+        flags["eval_batch_size"] = 2 * flags["batch_size"]
+    return flags
+
+
+def train_config(args, device):
+    """The training loop's config (config.TrainConfig), built once from the flags."""
+    return TrainConfig.from_flags(flags_dict(args), device)
+
+
+def runtime(args, device, batch_size=None):
+    """The Runtime of an inference pass: --batch-size (or `batch_size`), --workers, --amp on `device`."""
+    return Runtime(torch.device(device), batch_size or args.batch_size, args.workers, args.amp)
 
 
 # Range of every numeric flag any stage has: (lowest, highest, lowest allowed itself).
@@ -162,8 +172,7 @@ def validate(args):
 
 
 def _one_line_error(message):
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    fail(message, 2)
 
 
 def run(main, parser):
@@ -179,17 +188,13 @@ def run(main, parser):
         image.configure(getattr(args, "max_megapixels", None), getattr(args, "lenient_jpeg", None))
         main(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        fail(e, 2)
     except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e} (previous files left intact)", file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail(f"{e.filename or ''}: {e.strerror or e} (previous files left intact)", 1)
     except KeyboardInterrupt:
-        print(f"error: {interrupt.stop_message(signal.SIGINT)}", file=sys.stderr, flush=True)
-        sys.exit(130)
+        fail(interrupt.stop_message(signal.SIGINT), 130)
     except interrupt.Stopped as e:
-        print(f"error: {str(e) or interrupt.stop_message(e.signum)}", file=sys.stderr, flush=True)
-        sys.exit(e.code)
+        fail(str(e) or interrupt.stop_message(e.signum), e.code)
     finally:
         outputs.release()  # the lock of the run's outputs (a process that dies releases it too)
         dist.cleanup()

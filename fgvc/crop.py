@@ -28,7 +28,7 @@ def _middle_third(n, rng):
     return (lo + hi) // 2 if rng is None else int(rng.integers(lo, hi))
 
 
-def crop_box(mask, width, height, k=2.0, rng=None, centre="original", min_pixels=10, min_side=10):
+def crop_box(mask, width, height, k=2.0, rng=None, *, centre="original", min_pixels=10, min_side=10):
     """Box (x0, y0, x1, y1), in pixels of a width x height image, for a mask over that image.
 
     `mask` is a binary (h, w) array covering the whole image at any resolution. With rng=None
@@ -57,18 +57,19 @@ def crop_box(mask, width, height, k=2.0, rng=None, centre="original", min_pixels
 
 
 class CropTransform:
-    """Fine-stage input: the crop given by `crop_box`, resized to size x size.
+    """Fine-stage input: the crop given by `box` (the crop rule: `crop_box`, or any function with
+    its signature), resized to size x size.
 
     In training (train=True) the centre is random and the crop is flipped with p = 0.5; in
     evaluation the centre is the middle of the middle third and there is no flip.
     """
 
-    def __init__(self, size, k=2.0, train=True, centre="original"):
-        self.size, self.k, self.train, self.centre = size, k, train, centre
+    def __init__(self, size, k=2.0, train=True, centre="original", box=crop_box):
+        self.size, self.k, self.train, self.centre, self.box = size, k, train, centre, box
 
     def __call__(self, img, mask, rng):
         h, w = img.shape[:2]
-        x0, y0, x1, y1 = crop_box(mask, w, h, self.k, rng if self.train else None, self.centre)
+        x0, y0, x1, y1 = self.box(mask, w, h, self.k, rng if self.train else None, centre=self.centre)
         out = resize(img[y0:y1, x0:x1], self.size, self.size)
         if self.train and rng.random() < 0.5:
             out = out[:, ::-1]
@@ -89,14 +90,14 @@ class MultiCropTransform:
     give different crops. Returns a uint8 tensor (n_crops, 3, size, size).
     """
 
-    def __init__(self, size, factors=TTA_FACTORS, mirror_factors=TTA_MIRROR_FACTORS, centre="original"):
-        self.size, self.factors, self.mirror_factors, self.centre = size, tuple(factors), tuple(mirror_factors), centre
+    def __init__(self, size, factors=TTA_FACTORS, mirror_factors=TTA_MIRROR_FACTORS, centre="original", box=crop_box):
+        self.size, self.factors, self.mirror_factors, self.centre, self.box = size, tuple(factors), tuple(mirror_factors), centre, box
 
     def __call__(self, img, mask, rng):
         h, w = img.shape[:2]
         crops = []
         for k, mirror in [(k, False) for k in self.factors] + [(k, True) for k in self.mirror_factors]:
-            x0, y0, x1, y1 = crop_box(mask[:, ::-1] if mirror else mask, w, h, k, rng, self.centre)
+            x0, y0, x1, y1 = self.box(mask[:, ::-1] if mirror else mask, w, h, k, rng, centre=self.centre)
             if mirror:  # the box on the mirror is (w - x1, w - x0) on the image, flipped
                 out = resize(img[y0:y1, w - x1 : w - x0], self.size, self.size)[:, ::-1]
             else:

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from . import interrupt
+from .errors import BadImagesError
 from .image import BadImage, read_rgb
 
 
@@ -19,7 +20,7 @@ class ImageDataset(Dataset):
     """(uint8 tensor, class index or -1, row index, ok) for each image of `split`.
 
     `transform(img, rng)`, or `transform(img, mask, rng)` when `masks` are given: anything whose
-    `masks[i]` is the (h, w) mask of row i, an array (N, h, w) or `cam.PackedMasks` (bit-packed,
+    `masks[i]` is the (h, w) mask of row i, an array (N, h, w) or `masks.PackedMasks` (bit-packed,
     one mask unpacked per sample). `cache=False`: each file leaves the page cache once read (a
     single pass over the split, as in test.py: the cache would grow by the split's size).
     """
@@ -44,6 +45,29 @@ class ImageDataset(Dataset):
         except BadImage:
             return self.blank.clone(), label, i, False
         return self._apply(img, None if self.masks is None else self.masks[i], rng), label, i, True
+
+
+class BadImageCounter:
+    """Distinct unreadable images seen by this process; stops the run past `limit`."""
+
+    def __init__(self, split, limit):
+        self.split, self.limit, self.rows = split, limit, set()
+
+    def add(self, rows):
+        self.rows.update(int(r) for r in rows)
+
+    def check(self, total):
+        if total > self.limit:
+            paths = [str(self.split.path(r)) for r in sorted(self.rows)[:10]]
+            raise BadImagesError(
+                f"{self.split.json_path.name}: {int(total)} unreadable images, more than --max-bad-images "
+                f"{self.limit} (first: {', '.join(paths)})"
+            )
+
+    def report(self):
+        if self.rows:
+            names = ", ".join(str(self.split.path(r)) for r in sorted(self.rows)[:5])
+            print(f"skipped {len(self.rows)} unreadable {self.split.name} images (first: {names})", flush=True)
 
 
 def shard(n, rank, world):
@@ -95,7 +119,7 @@ def by_size(rows, sizes):
     return [rows[i] for i in order]
 
 
-def make_loader(dataset, batch_size, workers, device, sampler=None, persistent=False, collate=None):
+def make_loader(dataset, batch_size, workers, device, *, sampler=None, persistent=False, collate=None):
     """DataLoader with pinned memory and (optionally) persistent workers on CUDA."""
     cuda = torch.device(device).type == "cuda"
     return DataLoader(

@@ -1,4 +1,5 @@
-"""The training engine shared by the coarse and the fine stage, and batched prediction.
+"""Training, shared by the coarse and the fine stage: `fit` wires resume, distribution, saving and
+logging around `train_one_epoch` (the loop over batches, `train_step` each) and `evaluate`.
 
 SGD with Nesterov momentum 0.9 and weight decay 5e-4; the backbone learns at
 `backbone_lr_ratio` (0.1) times the head's rate; both follow the original's per-epoch triangle.
@@ -11,7 +12,7 @@ import random
 import signal
 import time
 from contextlib import nullcontext
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dist, interrupt
-from .checkpoint import check_matches, check_progress, check_resume, load_checkpoint, load_weights, save_checkpoint, save_epoch_weights, unwrap
-from .datasets import EpochSampler, make_loader, shard
+from .checkpoint import CHECKPOINT, check_matches, check_progress, check_resume, load_checkpoint, load_weights, save_checkpoint, save_epoch_weights, unwrap
+from .datasets import BadImageCounter, EpochSampler, make_loader, shard
 from .errors import BadImagesError, CheckpointError, NonFiniteLoss, UserError, first_line
+from .inference import autocast_for, predict, prepare_model, to_device
 from .metrics import topk
+from .stages import STAGES
 
-CHECKPOINT = "checkpoint.pt"
 LOG, TB = "log.jsonl", "tb"  # the JSON line per epoch, the TensorBoard folder
 
 
@@ -41,76 +43,7 @@ def triangle(epoch, epochs):
     return 1.0 - abs(2.0 * (epoch + 1) / (epochs + 1) - 1.0)
 
 
-def autocast_for(device, amp):
-    """A context factory: torch.autocast for 'bf16'/'fp16', a no-op for 'off'."""
-    device = torch.device(device)
-    if amp == "off":
-        return nullcontext
-    if amp == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return partial(torch.autocast, device_type=device.type, dtype=dtype)
-
-
-def prepare_model(model, device):
-    """Move to the device in channels_last (faster on CUDA and on the CPU: Lite0 1.25x in training,
-    1.5x in evaluation here; README, Performance); cudnn.benchmark on CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return model.to(device, memory_format=torch.channels_last)
-
-
-def to_device(x, device):
-    """An image batch on the device, in the model's channels_last layout."""
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-class BadImageCounter:
-    """Distinct unreadable images seen by this process; stops the run past `limit`."""
-
-    def __init__(self, split, limit):
-        self.split, self.limit, self.rows = split, limit, set()
-
-    def add(self, rows):
-        self.rows.update(int(r) for r in rows)
-
-    def check(self, total):
-        if total > self.limit:
-            paths = [str(self.split.path(r)) for r in sorted(self.rows)[:10]]
-            raise BadImagesError(
-                f"{self.split.json_path.name}: {int(total)} unreadable images, more than --max-bad-images "
-                f"{self.limit} (first: {', '.join(paths)})"
-            )
-
-    def report(self):
-        if self.rows:
-            names = ", ".join(str(self.split.path(r)) for r in sorted(self.rows)[:5])
-            print(f"skipped {len(self.rows)} unreadable {self.split.name} images (first: {names})", flush=True)
-
-
-@torch.inference_mode()
-def predict(model, dataset, batch_size, workers, device, amp, rows=None, desc=None):
-    """Yield (rows, probabilities (B, K) float32 numpy, ok (B,) bool) over `dataset`.
-
-    A 5-D batch (B, crops, 3, H, W) is scored as B*crops images and the softmax averaged over the
-    crops. `rows` restricts (and orders) the rows, e.g. this process's shard.
-    """
-    model.eval()
-    autocast = autocast_for(device, amp)
-    rows = list(range(len(dataset))) if rows is None else rows
-    loader = make_loader(dataset, batch_size, workers, device, sampler=rows)
-    for x, _, idx, ok in tqdm(loader, desc=desc, disable=desc is None or not dist.is_main(), leave=False):
-        crops = x.shape[1] if x.dim() == 5 else 1
-        x = to_device(x.flatten(0, 1) if x.dim() == 5 else x, device)
-        with autocast():
-            logits = model(x)
-        probs = logits.float().softmax(1).view(len(idx), crops, -1).mean(1)
-        yield idx.numpy(), probs.cpu().numpy(), ok.numpy()
-
-
-def evaluate(model, dataset, batch_size, workers, device, amp, ks=(1, 2, 3, 4, 5)):
+def evaluate(model, dataset, runtime, ks=(1, 2, 3, 4, 5)):
     """Top-k errors of `model` on a labelled dataset, over all processes (each scores a shard).
 
     Unreadable images are left out (and counted by the training run's own policy).
@@ -118,12 +51,12 @@ def evaluate(model, dataset, batch_size, workers, device, amp, ks=(1, 2, 3, 4, 5
     hits = np.zeros(len(ks))
     n = 0
     rows = shard(len(dataset), dist.rank(), dist.world())
-    for idx, probs, ok in predict(model, dataset, batch_size, workers, device, amp, rows, desc="val"):
+    for idx, probs, ok in predict(model, dataset, runtime, rows=rows, desc="val"):
         labels = dataset.split.labels[idx[ok]]
         top = topk(probs[ok], max(ks)) == labels[:, None]
         hits += [top[:, :k].any(1).sum() for k in ks]
         n += int(ok.sum())
-    totals = dist.all_sum(list(hits) + [n], device)
+    totals = dist.all_sum(list(hits) + [n], runtime.device)
     if totals[-1] == 0 and len(dataset):
         raise BadImagesError(f"{dataset.split.json_path}: no readable image among its {len(dataset)}; nothing to evaluate on")
     return {k: 1.0 - h / max(1.0, totals[-1]) for k, h in zip(ks, totals[:-1])}
@@ -138,18 +71,17 @@ def make_optimizer(model, lr, backbone_lr_ratio, name="sgd", weight_decay=5e-4):
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
-def describe_recipe(model, cfg):
+def describe_recipe(model, config):
     """One paragraph: the effective training recipe, printed at the start of every run."""
     net = unwrap(model)
     frozen = ", ".join(net.frozen) if net.frozen else "nothing"
     bn = f", their batch norm {'updating (--frozen-bn train)' if net.frozen_bn == 'train' else 'fixed (--frozen-bn eval)'}" if net.frozen else ""
-    opt = cfg.get("optimizer", "sgd")
-    opt = "SGD, Nesterov momentum 0.9" if opt == "sgd" else "AdamW"
-    ratio = cfg["backbone_lr_ratio"]
-    return (f"recipe: {opt}, weight decay {cfg.get('weight_decay', 5e-4):g}; peak lr head {cfg['lr']:g}, "
-            f"backbone {cfg['lr'] * ratio:g} (x{ratio:g}); the original's triangle over {cfg['epochs']} epochs; "
-            f"batch {cfg['batch_size']} x {dist.world()} process(es); frozen: {frozen}{bn}; "
-            f"Dropout2d {net.dropout.p:g}; amp {cfg['amp']}")
+    opt = "SGD, Nesterov momentum 0.9" if config.optimizer == "sgd" else "AdamW"
+    ratio = config.backbone_lr_ratio
+    return (f"recipe: {opt}, weight decay {config.weight_decay:g}; peak lr head {config.lr:g}, "
+            f"backbone {config.lr * ratio:g} (x{ratio:g}); the original's triangle over {config.epochs} epochs; "
+            f"batch {config.batch_size} x {dist.world()} process(es); frozen: {frozen}{bn}; "
+            f"Dropout2d {net.dropout.p:g}; amp {config.amp}")
 
 
 def set_lr(optimizer, lr, epoch, epochs):
@@ -182,6 +114,17 @@ class Logger:
             f.write(json.dumps(record) + "\n")
         self.tb.flush()
 
+    def epoch_end(self, record, errors, epochs):
+        """The epoch's scalars, its JSON line, and one line on stdout."""
+        epoch = record["epoch"]
+        self.scalar("train/lr", record["lr"], epoch)
+        self.scalar("train/epoch_loss", record["train_loss"], epoch)
+        for k, e in errors.items():
+            self.scalar(f"val/top{k}_err", e, epoch)
+        self.epoch(record)
+        shown = ", ".join(f"top-{k} err {errors[k]:.3f}" for k in (1, 5) if k in errors)
+        print(f"epoch {epoch}/{epochs}: loss {record['train_loss']:.4f}, {record['images_per_s']:.1f} img/s" + (f", val {shown}" if shown else ""), flush=True)
+
     def close(self):
         if self.tb is not None:
             self.tb.close()
@@ -193,157 +136,194 @@ def step_seed(seed, epoch, step_in_epoch):
     return int(np.random.SeedSequence([seed, epoch, step_in_epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def resume_from(ckpt_path, cfg, model, optimizer, scaler, class_ids, steps_per_epoch):
-    """Load a checkpoint to continue its run; returns (epoch, step, step_in_epoch). Every way a
-    checkpoint can disagree with the command, or with itself, is a one-line CheckpointError."""
-    ckpt = load_checkpoint(ckpt_path)
-    check_resume(ckpt, ckpt_path, cfg)
-    check_matches(ckpt, ckpt_path, class_ids=class_ids)
-    check_progress(ckpt, ckpt_path, cfg["epochs"], steps_per_epoch)
-    load_weights(unwrap(model), ckpt)
+def train_step(model, x, y, *, optimizer, scaler=None, autocast=None, weight=None):
+    """One optimizer step on the batch (x, y): forward (under `autocast`), cross-entropy in fp32
+    (times `weight` when given), backward (through `scaler`, fp16's GradScaler, when given), step.
+    Returns the loss."""
+    with (autocast or nullcontext)():
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    if weight is not None:
+        loss = loss * weight
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds of a run in progress, and where it goes."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    path: Path  # <out>/checkpoint.pt
+    config: object  # config.TrainConfig
+    model_args: dict
+    class_ids: list
+    step: int = 0  # optimizer steps so far
+
+    def save(self, epoch_done, step_in_epoch):
+        """The checkpoint at this step (main process), and where the interrupt message points."""
+        if dist.is_main():
+            save_checkpoint(self.path, self.model, optimizer=self.optimizer, scaler=self.scaler,
+                            progress=(epoch_done, self.step, step_in_epoch), args=self.config.flags,
+                            model_args=self.model_args, class_ids=self.class_ids)
+        interrupt.progress(saved=f"{self.path} (epoch {epoch_done}, step {step_in_epoch} into the next)")
+        dist.barrier()
+
+
+def resume_from(state, steps_per_epoch):
+    """Load `state.path` to continue its run; returns (epoch, step_in_epoch) and sets state.step.
+    Every way a checkpoint can disagree with the command (the flags its stage must keep, the
+    classes, the run's length), or with itself, is a one-line CheckpointError."""
+    path, config = state.path, state.config
+    ckpt = load_checkpoint(path)
+    check_resume(ckpt, path, config.flags, STAGES[state.model_args["kind"]].resume_keeps)
+    check_matches(ckpt, path, class_ids=state.class_ids)
+    check_progress(ckpt, path, config.epochs, steps_per_epoch)
+    load_weights(unwrap(state.model), ckpt)
     try:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
+            state.scaler.load_state_dict(ckpt["scaler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt_path}: its optimizer state does not fit the model ({first_line(e)})") from None
-    return ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]
+        raise CheckpointError(f"{path}: its optimizer state does not fit the model ({first_line(e)})") from None
+    state.step = ckpt["step"]
+    return ckpt["epoch"], ckpt["step_in_epoch"]
 
 
-def fit(model, train_set, val_set, cfg, out_dir, class_ids, model_args, device):
+def distribute(model, config):
+    """Under torchrun: DistributedDataParallel (SyncBatchNorm first with --sync-bn)."""
+    device = config.device
+    if config.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+    if not dist.enabled():
+        return model
+    if config.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def stop_if_asked(votes):
+    """Raise interrupt.Stopped when any process received SIGTERM / SIGUSR1 (`votes` > 0)."""
+    if votes > 0:
+        signum = interrupt.requested() or signal.SIGTERM
+        raise interrupt.Stopped(signum, interrupt.stop_message(signum))
+
+
+def train_one_epoch(state, loader, *, epoch, skip, steps_per_epoch, bad, logger):
+    """One epoch from its step `skip`: returns (summed loss, images seen). Saves every `save_every`
+    steps; on SIGTERM / SIGUSR1 saves at the step and raises interrupt.Stopped."""
+    config, device, main = state.config, state.config.device, dist.is_main()
+    autocast = autocast_for(device, config.amp)
+    lr = state.optimizer.param_groups[-1]["lr"]  # the head's
+    state.model.train()
+    loss_sum, seen, t0 = 0.0, 0, time.time()
+    bar = tqdm(loader, total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not main, dynamic_ncols=True)
+    step_in_epoch = skip
+    for x, y, idx, ok in bar:
+        interrupt.progress(where=f"epoch {epoch + 1}/{config.epochs}, step {step_in_epoch + 1} of {steps_per_epoch}")
+        if not ok.all():
+            bad.add(idx[~ok].tolist())
+        use = ok if ok.any() else torch.ones_like(ok)  # a batch of unreadable images only: a zero-loss step
+        x, y = to_device(x[use], device), y[use].to(device, non_blocking=True)
+        torch.manual_seed(step_seed(config.seed, epoch, step_in_epoch))  # dropout
+        loss = train_step(state.model, x, y, optimizer=state.optimizer, scaler=state.scaler, autocast=autocast,
+                          weight=None if ok.any() else 0.0)
+        state.step += 1
+        step_in_epoch += 1
+        batch_loss, batch_n, n_bad, votes = dist.all_sum(
+            [loss.item() * len(y) if ok.any() else 0.0, float(ok.sum()), float(len(bad.rows)), float(interrupt.requested() is not None)], device)
+        if not math.isfinite(batch_loss):
+            kept = f"the last good checkpoint {state.path} is kept" if state.path.exists() else "no checkpoint was written yet"
+            raise NonFiniteLoss(
+                f"non-finite loss ({batch_loss / max(1.0, batch_n)}) at epoch {epoch + 1}, step {step_in_epoch} of the epoch "
+                f"(global step {state.step}); {kept}. Lower --lr or try --amp off"
+            )
+        bad.check(n_bad)
+        loss_sum += batch_loss
+        seen += batch_n
+        if main:
+            bar.set_postfix(loss=f"{batch_loss / max(1.0, batch_n):.3f}", lr=f"{lr:.2e}", img_s=f"{seen / max(1e-9, time.time() - t0):.1f}")
+            if state.step % config.log_every == 0:
+                logger.scalar("train/loss", batch_loss / max(1.0, batch_n), state.step)
+        if votes > 0:
+            state.save(epoch, step_in_epoch)
+            bar.close()
+            stop_if_asked(votes)
+        if config.save_every and state.step % config.save_every == 0 and step_in_epoch < steps_per_epoch:
+            state.save(epoch, step_in_epoch)
+    bar.close()
+    if skip < steps_per_epoch and seen == 0:
+        raise BadImagesError(f"{loader.dataset.split.json_path}: no readable image in epoch {epoch + 1} "
+                             f"({len(bad.rows)} unreadable of {len(loader.dataset)}); nothing to train on")
+    return loss_sum, seen
+
+
+def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args):
     """Train `model` on `train_set`, validating on `val_set` every epoch; returns the model.
 
-    `cfg` is the dict of the stage's flags (epochs, batch_size, lr, backbone_lr_ratio, amp,
-    workers, seed, resume, save_every, max_bad_images, log_every, sync_bn, ...): it is stored in
-    every checkpoint, and a resumed run must agree with it on checkpoint.ESSENTIAL.
+    `config` (config.TrainConfig) is the run's recipe; its `flags` go into every checkpoint, and a
+    resumed run must agree with the saved ones on the flags its stage keeps (stages.Stage.resume_keeps).
+    `model_args` (stages.model_args) rebuild the model from a checkpoint; `class_ids` map its outputs.
     SIGTERM / SIGUSR1 end the run after the current step with a checkpoint at that step
     (`interrupt.Stopped`, exit code 143); `--resume` continues from it, bit for bit.
     """
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT
-    main = dist.is_main()
-    epochs, batch_size = cfg["epochs"], cfg["batch_size"]
-    model = prepare_model(model, device)
-    optimizer = make_optimizer(model, cfg["lr"], cfg["backbone_lr_ratio"], cfg.get("optimizer", "sgd"), cfg.get("weight_decay", 5e-4))
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg["amp"] == "fp16")
-    autocast = autocast_for(device, cfg["amp"])
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world()) / batch_size)
+    out_dir, main = Path(out_dir), dist.is_main()
+    model = prepare_model(model, config.device)
+    optimizer = make_optimizer(model, config.lr, config.backbone_lr_ratio, config.optimizer, config.weight_decay)
+    scaler = torch.amp.GradScaler(config.device.type, enabled=config.amp == "fp16")
+    state = TrainState(model, optimizer, scaler, out_dir / CHECKPOINT, config, model_args, class_ids)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world()) / config.batch_size)
 
-    start_epoch, step, skip = 0, 0, 0
-    if ckpt_path.exists() and not cfg["resume"]:
-        raise CheckpointError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
-    if cfg["resume"] and ckpt_path.exists():
-        start_epoch, step, skip = resume_from(ckpt_path, cfg, model, optimizer, scaler, class_ids, steps_per_epoch)
-        interrupt.progress(saved=f"{ckpt_path} (epoch {start_epoch}, step {skip} into the next)")
+    start_epoch, skip = 0, 0
+    if state.path.exists() and not config.resume:
+        raise CheckpointError(f"{state.path} exists: pass --resume to continue that run, or choose another --out")
+    if config.resume and state.path.exists():
+        start_epoch, skip = resume_from(state, steps_per_epoch)
+        interrupt.progress(saved=f"{state.path} (epoch {start_epoch}, step {skip} into the next)")
         if main:
-            print(f"resuming {ckpt_path}: epoch {start_epoch + 1}/{epochs}, step {step} ({skip} into the epoch)", flush=True)
-    elif cfg["resume"] and main:
+            print(f"resuming {state.path}: epoch {start_epoch + 1}/{config.epochs}, step {state.step} ({skip} into the epoch)", flush=True)
+    elif config.resume and main:
         print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
 
-    if cfg.get("sync_bn") and torch.device(device).type != "cuda":
-        raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
-    if dist.enabled():
-        if cfg.get("sync_bn"):
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ids = [device.index] if torch.device(device).type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
+    state.model = distribute(model, config)
     if main:
-        print(describe_recipe(model, cfg), flush=True)
-    sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank(), dist.world())
-    loader = make_loader(train_set, batch_size, cfg["workers"], device, sampler=sampler, persistent=True)
+        print(describe_recipe(state.model, config), flush=True)
+    sampler = EpochSampler(len(train_set), config.seed, dist.rank(), dist.world())
+    loader = make_loader(train_set, config.batch_size, config.eval.workers, config.device, sampler=sampler, persistent=True)
     logger = Logger(out_dir, main)
-    bad = BadImageCounter(train_set.split, cfg["max_bad_images"])
-
-    def save(epoch_done, step_in_epoch):
-        if main:
-            save_checkpoint(ckpt_path, model, optimizer, scaler, epoch_done, step, step_in_epoch, cfg, model_args, class_ids)
-        interrupt.progress(saved=f"{ckpt_path} (epoch {epoch_done}, step {step_in_epoch} into the next)")
-        dist.barrier()
-
-    def stop_if_asked(votes, where):
-        if votes > 0:
-            signum = interrupt.requested() or signal.SIGTERM
-            raise interrupt.Stopped(signum, interrupt.stop_message(signum) if where is None else where)
+    bad = BadImageCounter(train_set.split, config.max_bad_images)
 
     with interrupt.polling():
-        for epoch in range(start_epoch, epochs):
-            lr = set_lr(optimizer, cfg["lr"], epoch, epochs)
-            sampler.set_epoch(epoch, start=skip * batch_size)
-            model.train()
-            loss_sum, seen, t0 = 0.0, 0, time.time()
-            bar = tqdm(loader, total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", disable=not main, dynamic_ncols=True)
-            step_in_epoch = skip
-            for x, y, idx, ok in bar:
-                interrupt.progress(where=f"epoch {epoch + 1}/{epochs}, step {step_in_epoch + 1} of {steps_per_epoch}")
-                if not ok.all():
-                    bad.add(idx[~ok].tolist())
-                keep = ok if ok.any() else torch.ones_like(ok)
-                x, y = to_device(x[keep], device), y[keep].to(device, non_blocking=True)
-                torch.manual_seed(step_seed(cfg["seed"], epoch, step_in_epoch))  # dropout
-                with autocast():
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                if not ok.any():
-                    loss = loss * 0.0
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                step_in_epoch += 1
-                batch_loss, batch_n, n_bad, votes = dist.all_sum(
-                    [loss.item() * len(y) if ok.any() else 0.0, float(ok.sum()), float(len(bad.rows)), float(interrupt.requested() is not None)], device)
-                if not math.isfinite(batch_loss):
-                    kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written yet"
-                    raise NonFiniteLoss(
-                        f"non-finite loss ({batch_loss / max(1.0, batch_n)}) at epoch {epoch + 1}, step {step_in_epoch} of the epoch "
-                        f"(global step {step}); {kept}. Lower --lr or try --amp off"
-                    )
-                bad.check(n_bad)
-                loss_sum += batch_loss
-                seen += batch_n
-                rate = seen / max(1e-9, time.time() - t0)
-                if main:
-                    bar.set_postfix(loss=f"{batch_loss / max(1.0, batch_n):.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-                    if step % cfg["log_every"] == 0:
-                        logger.scalar("train/loss", batch_loss / max(1.0, batch_n), step)
-                if votes > 0:
-                    save(epoch, step_in_epoch)
-                    bar.close()
-                    stop_if_asked(votes, None)
-                if cfg["save_every"] and step % cfg["save_every"] == 0 and step_in_epoch < steps_per_epoch:
-                    save(epoch, step_in_epoch)
-            bar.close()
-            if skip < steps_per_epoch and seen == 0:
-                raise BadImagesError(f"{train_set.split.json_path}: no readable image in epoch {epoch + 1} "
-                                     f"({len(bad.rows)} unreadable of {len(train_set)}); nothing to train on")
+        for epoch in range(start_epoch, config.epochs):
+            lr = set_lr(optimizer, config.lr, epoch, config.epochs)
+            sampler.set_epoch(epoch, start=skip * config.batch_size)
+            t0 = time.time()
+            loss_sum, seen = train_one_epoch(state, loader, epoch=epoch, skip=skip, steps_per_epoch=steps_per_epoch,
+                                             bad=bad, logger=logger)
             skip = 0
             train_time = time.time() - t0
-            dist.sync_buffers(unwrap(model))  # evaluate, save and localize with rank 0's statistics
-            errors = evaluate(unwrap(model), val_set, cfg["eval_batch_size"], cfg["workers"], device, cfg["amp"]) if val_set is not None else {}
-            save(epoch + 1, 0)
-            if cfg.get("keep_epochs") and main:
-                save_epoch_weights(out_dir, epoch + 1, model)
-            record = {
-                "epoch": epoch + 1,
-                "step": step,
-                "lr": lr,
-                "train_loss": loss_sum / max(1.0, seen),
-                "images_per_s": seen / max(1e-9, train_time),
-                "time_s": round(time.time() - t0, 2),
-                **{f"val_top{k}_err": e for k, e in errors.items()},
-            }
+            dist.sync_buffers(unwrap(state.model))  # evaluate, save and localize with rank 0's statistics
+            errors = evaluate(unwrap(state.model), val_set, config.eval) if val_set is not None else {}
+            state.save(epoch + 1, 0)
+            if config.keep_epochs and main:
+                save_epoch_weights(out_dir, epoch + 1, state.model)
+            record = {"epoch": epoch + 1, "step": state.step, "lr": lr, "train_loss": loss_sum / max(1.0, seen),
+                      "images_per_s": seen / max(1e-9, train_time), "time_s": round(time.time() - t0, 2),
+                      **{f"val_top{k}_err": e for k, e in errors.items()}}
             if main:
-                logger.scalar("train/lr", lr, epoch + 1)
-                logger.scalar("train/epoch_loss", record["train_loss"], epoch + 1)
-                for k, e in errors.items():
-                    logger.scalar(f"val/top{k}_err", e, epoch + 1)
-                logger.epoch(record)
-                shown = ", ".join(f"top-{k} err {errors[k]:.3f}" for k in (1, 5) if k in errors)
-                print(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}, {record['images_per_s']:.1f} img/s" + (f", val {shown}" if shown else ""), flush=True)
-            interrupt.progress(where=f"the end of epoch {epoch + 1}/{epochs}")
-            stop_if_asked(dist.all_sum([float(interrupt.requested() is not None)], device)[0], None)
+                logger.epoch_end(record, errors, config.epochs)
+            interrupt.progress(where=f"the end of epoch {epoch + 1}/{config.epochs}")
+            stop_if_asked(dist.all_sum([float(interrupt.requested() is not None)], config.device)[0])
     bad.report()
     logger.close()
-    return unwrap(model)
+    return unwrap(state.model)

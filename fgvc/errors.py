@@ -1,4 +1,5 @@
 """Errors a user can fix: the CLI prints them on one line and exits non-zero."""
+import sys
 
 
 class UserError(Exception):
@@ -21,6 +22,18 @@ class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite."""
 
 
+def fail(message, code):
+    """Print `error: <message>` as one line on stderr and exit with `code`."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 def first_line(e, limit=200):
-    """The first line of an exception's message, for one-line errors."""
+    """The first line of an exception's message (or any text), for one-line errors."""
     return (str(e).strip().splitlines() or [""])[0][:limit]
+
+
+def last_line(e, limit=200):
+    """The last line of an exception's message (or a process's stderr): where OpenCV and a
+    failed command put the reason."""
+    return (str(e).strip().splitlines() or [""])[-1][:limit]

@@ -45,6 +45,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from .errors import last_line
+
 cv2.setNumThreads(1)  # the data loader parallelises over images; nested threads only contend
 
 FAST_JPEG = os.environ.get("FGVC_FAST_JPEG", "0") == "1"
@@ -188,7 +190,7 @@ def _opencv(buf, path):
             raise BadImage(path, "not a decodable image")
         return _to_rgb(img)
     except cv2.error as e:
-        raise BadImage(path, f"not a decodable image ({(str(e).strip().splitlines() or [''])[-1][:120]})") from None
+        raise BadImage(path, f"not a decodable image ({last_line(e, 120)})") from None
 
 
 def _to_rgb(img):

@@ -28,13 +28,9 @@ def frequency_groups(counts):
     return groups, (float(lo), float(hi))
 
 
-def group_errors(probs, labels, counts):
-    """{group: (top-1 error, number of images)} over the frequency groups of the labels' classes."""
-    return top1_group_errors(np.argmax(probs, axis=1), labels, counts)
-
-
 def top1_group_errors(pred, labels, counts):
-    """The same from the predicted class indices `pred` (N,)."""
+    """{group: (top-1 error, number of images)} over the frequency groups of the labels' classes,
+    from the predicted class indices `pred` (N,)."""
     groups, _ = frequency_groups(counts)
     pred, labels = np.asarray(pred), np.asarray(labels)
     out = {}

@@ -89,16 +89,3 @@ class FineNet(_Net):
 
     def forward(self, x):
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
-
-
-KINDS = {"coarse": CoarseNet, "fine": FineNet}
-
-
-def build_model(kind, arch, num_classes, pretrained=None, freeze=True, dropout=0.25, frozen_bn="train"):
-    """The model of a stage; `model_args` of a checkpoint rebuild it (pretrained=None)."""
-    return KINDS[kind](arch, num_classes, pretrained=pretrained, freeze=freeze, dropout=dropout, frozen_bn=frozen_bn)
-
-
-def model_args(kind, arch, num_classes, freeze, dropout=0.25):
-    return {"kind": kind, "arch": arch, "num_classes": num_classes, "freeze": freeze, "dropout": dropout}
-

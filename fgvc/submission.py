@@ -4,7 +4,8 @@ import io
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import DatasetError, UserError
+from .csvfile import read_csv
+from .errors import UserError
 
 
 def write_submission(path, image_ids, predicted):
@@ -23,33 +24,12 @@ def write_submission(path, image_ids, predicted):
 
 def read_submission(path):
     """{id: [category ids]} of a submission file."""
-    out = {}
-    with open(path) as f:
-        if f.readline().strip() != "id,predicted":
-            raise DatasetError(f"{path}: header is not 'id,predicted'")
-        for n, line in enumerate(f, start=2):
-            try:
-                i, pred = line.rstrip("\n").split(",")
-                out[int(i)] = [int(c) for c in pred.split()]
-            except ValueError:
-                raise DatasetError(f"{path}: line {n} is not 'id,category ids': {line.strip()[:80]!r}") from None
-    return out
+    return dict(read_csv(path, ("id", "predicted"), lambda f: (int(f[0]), [int(c) for c in f[1].split()])))
 
 
 def read_labels(path):
     """truth/test_labels.csv (`id,category_id`) -> {id: category id}."""
-    out = {}
-    with open(path) as f:
-        if f.readline().strip() != "id,category_id":
-            raise DatasetError(f"{path}: header is not 'id,category_id'")
-        for n, line in enumerate(f, start=2):
-            if line.strip():
-                try:
-                    i, c = line.strip().split(",")
-                    out[int(i)] = int(c)
-                except ValueError:
-                    raise DatasetError(f"{path}: line {n} is not 'id,category_id': {line.strip()[:80]!r}") from None
-    return out
+    return dict(read_csv(path, ("id", "category_id"), lambda f: (int(f[0]), int(f[1]))))
 
 
 def top1_error(submission, labels):

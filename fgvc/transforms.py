@@ -66,7 +66,7 @@ def rotation_angle(rng, max_rotation, rotation="original"):
     return float(rng.uniform(-max_rotation, max_rotation))
 
 
-def train_warp(w, h, short, size, rng, max_rotation, rotation="original"):
+def train_warp(w, h, short, size, rng, *, max_rotation=15, rotation="original"):
     """The 3x3 map from output pixels to source pixels of the training augmentation.
 
     Draws from `rng` in the order of the steps it replaces: angle (when max_rotation), crop y,
@@ -137,13 +137,6 @@ def grid_cells(h, w, rng, grid=7, keep=0.9):
     return [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i, j in zip(*np.nonzero(drop))]
 
 
-def grid_mask(img, rng, grid=7, keep=0.9, fill=0):
-    """Blank each cell of a grid x grid partition of an (H, W, C) image with p = 1 - keep (in place)."""
-    for y0, y1, x0, x1 in grid_cells(*img.shape[:2], rng, grid, keep):
-        img[y0:y1, x0:x1] = fill
-    return img
-
-
 def to_tensor(img):
     """uint8 HWC -> uint8 CHW tensor (no copy to float: that happens once, on the device)."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -153,7 +146,7 @@ class TrainTransform:
     """The coarse stage's augmentation. `fill` is the backbone's mean pixel (uint8 RGB, backbones.mean_pixel):
     the colour of the grid mask's cells and, under rotation='original', of the rotation's border."""
 
-    def __init__(self, size, short, fill, max_rotation=15, grid=7, keep=0.9, rotation="original"):
+    def __init__(self, size, short, fill, *, max_rotation=15, grid=7, keep=0.9, rotation="original"):
         if rotation not in ROTATIONS:
             raise ValueError(f"rotation {rotation!r}: one of {ROTATIONS}")
         self.size, self.short, self.max_rotation, self.rotation = size, short, max_rotation, rotation
@@ -164,7 +157,7 @@ class TrainTransform:
         if self.short / min(h, w) < MILD_SHRINK:
             img = resize_short(img, self.short)
             h, w = img.shape[:2]
-        m = train_warp(w, h, self.short, self.size, rng, self.max_rotation, self.rotation)
+        m = train_warp(w, h, self.short, self.size, rng, max_rotation=self.max_rotation, rotation=self.rotation)
         out = planar(warp(img, m, self.size, self.fill if self.rotation == "original" else None))
         if self.keep < 1:  # on the planar copy: whole rows of one channel, ten times faster than HWC
             for y0, y1, x0, x1 in grid_cells(self.size, self.size, rng, self.grid, self.keep):

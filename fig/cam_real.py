@@ -28,10 +28,11 @@ from timm.data import ImageNetInfo  # noqa: E402  (class names only)
 
 from fgvc.atomic import atomic_write  # noqa: E402
 from fgvc.backbones import default_weights, imagenet_classifier  # noqa: E402
-from fgvc.cam import cams_to_masks, mask_to_box  # noqa: E402
+from fgvc.boxes import mask_to_box  # noqa: E402
+from fgvc.cam import cams_to_masks  # noqa: E402
 from fgvc.image import read_rgb  # noqa: E402
-from fgvc.models import build_model  # noqa: E402
 from fgvc.paths import resolve  # noqa: E402
+from fgvc.stages import build_model  # noqa: E402
 from fgvc.transforms import ShortSideTransform  # noqa: E402
 from fgvc.viz import overlay  # noqa: E402
 

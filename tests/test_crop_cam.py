@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
+import torch
 
-from fgvc.cam import box_iou, cam_to_mask, localization_accuracy, mask_to_box
+from fgvc.boxes import box_iou, localization_accuracy, mask_to_box
+from fgvc.cam import cams_to_masks
 from fgvc.crop import MultiCropTransform, crop_box
+
+
+def mask_of(cam, threshold):
+    """The binary uint8 mask of one (h, w) CAM, by the rule localization applies to a batch."""
+    return cams_to_masks(torch.as_tensor(np.asarray(cam, dtype=np.float32))[None], threshold)[1][0].numpy()
 
 
 def blob(h, w, cy, cx, r, value=1.0):
@@ -11,35 +18,35 @@ def blob(h, w, cy, cx, r, value=1.0):
 
 
 def test_one_blob_gives_its_box():
-    mask = cam_to_mask(blob(64, 64, 20, 40, 4), 0.5)
+    mask = mask_of(blob(64, 64, 20, 40, 4), 0.5)
     x, y, w, h = mask_to_box(mask)
     assert abs((x + w / 2) - 40.5) <= 1 and abs((y + h / 2) - 20.5) <= 1 and 6 <= w <= 14
 
 
 def test_two_blobs_keep_the_largest_component():
     cam = blob(64, 64, 15, 15, 3) + blob(64, 64, 45, 45, 6)
-    mask = cam_to_mask(cam, 0.4)
+    mask = mask_of(cam, 0.4)
     assert mask[15, 15] and mask[45, 45]  # both in the mask
     x, y, w, h = mask_to_box(mask)
     assert x > 30 and y > 30  # the box is the bigger blob's
 
 
 def test_flat_or_empty_map_gives_empty_mask():
-    assert cam_to_mask(np.zeros((32, 32)), 0.2).sum() == 0
-    assert cam_to_mask(np.full((32, 32), 3.0), 0.2).sum() == 0
+    assert mask_of(np.zeros((32, 32)), 0.2).sum() == 0
+    assert mask_of(np.full((32, 32), 3.0), 0.2).sum() == 0
     assert mask_to_box(np.zeros((32, 32), np.uint8)) is None
 
 
 def test_blob_at_border_and_negative_cam():
     cam = blob(48, 48, 0, 47, 5) - 10  # CAM values are logits: negative is fine
-    mask = cam_to_mask(cam, 0.5)
+    mask = mask_of(cam, 0.5)
     x, y, w, h = mask_to_box(mask)
     assert y == 0 and x + w == 48
 
 
 def test_threshold_monotone():
     cam = blob(64, 64, 32, 32, 8)
-    areas = [cam_to_mask(cam, t).sum() for t in (0.2, 0.5, 0.8)]
+    areas = [mask_of(cam, t).sum() for t in (0.2, 0.5, 0.8)]
     assert areas[0] > areas[1] > areas[2] > 0
 
 

@@ -207,7 +207,7 @@ def test_a_single_pass_read_drops_the_file_from_the_page_cache(tmp_path, monkeyp
 
 
 def test_image_sizes_decodes_upright_where_the_json_has_none(tmp_path):
-    from fgvc.data import Split
+    from fgvc.annotations import Split
     from fgvc.image import image_sizes
 
     jpeg = cv2.imencode(".jpg", photo(40, 60))[1].tobytes()  # stored 60 wide, 40 high

@@ -3,12 +3,13 @@ import json
 import pytest
 import torch
 
+from fgvc.annotations import load_dataset
 from fgvc.checkpoint import load_checkpoint
-from fgvc.data import load_dataset
+from fgvc.config import TrainConfig
 from fgvc.datasets import EpochSampler, ImageDataset
 from fgvc.engine import fit, triangle
 from fgvc.errors import CheckpointError, NonFiniteLoss
-from fgvc.models import build_model, model_args
+from fgvc.stages import build_model, model_args
 from fgvc.transforms import EvalTransform, TrainTransform
 
 
@@ -32,7 +33,8 @@ def setup(root, seed=0):
 def run(root, out, **kw):
     classes, train, val, model = setup(root, kw.get("seed", 0))
     c = cfg(**kw)
-    fit(model, train, val, c, out, classes.ids, model_args("coarse", "resnet18", len(classes), True), "cpu")
+    fit(model, train, val, config=TrainConfig.from_flags(c, "cpu"), out_dir=out, class_ids=classes.ids,
+        model_args=model_args("coarse", "resnet18", len(classes), True))
     return [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
 
 
@@ -80,7 +82,7 @@ def test_resume_continues_from_the_saved_epoch_with_its_optimizer(dataset, tmp_p
     engine.evaluate = stop_after_two
     try:
         with pytest.raises(KeyboardInterrupt):
-            fit(model, train, val, c, tmp_path / "part", classes.ids, margs, "cpu")
+            fit(model, train, val, config=TrainConfig.from_flags(c, "cpu"), out_dir=tmp_path / "part", class_ids=classes.ids, model_args=margs)
     finally:
         engine.evaluate = real
     saved = load_checkpoint(tmp_path / "part" / "checkpoint.pt")

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from fgvc import cli
-from fgvc.cam import localize
-from fgvc.crop import MultiCropTransform, crop_box
-from fgvc.data import Split
-from fgvc.datasets import ImageDataset
+from fgvc.annotations import Split
 from fgvc.backbones import Normalize, imagenet_settings
-from fgvc.models import build_model
+from fgvc.cam import localize
+from fgvc.config import Runtime
+from fgvc.crop import MultiCropTransform, crop_box
+from fgvc.datasets import ImageDataset
+from fgvc.stages import build_model
 from fgvc.transforms import ShortSideTransform, TrainTransform, resize, rotation_angle
 
 FILL = (124, 116, 104)
@@ -180,8 +181,9 @@ def test_aspect_kept_localization_maps_back_to_the_right_region(tmp_path):
     names = list(specs)
     split = Split("val", tmp_path / "val2019.json", tmp_path, np.array([1, 2]), names, np.array([0, 0]),
                   np.array([[specs[n][0][1], specs[n][0][0]] for n in names]))
-    masks, _ = localize(RedCam(), ImageDataset(split, ShortSideTransform(64)), 2, 0, "cpu", "off", (64, 64), 0.5, True)
-    alone, _ = localize(RedCam(), ImageDataset(split, ShortSideTransform(64)), 1, 0, "cpu", "off", (64, 64), 0.5, True)
+    cam = dict(mask_size=(64, 64), threshold=0.5, use_labels=True)
+    masks, _ = localize(RedCam(), ImageDataset(split, ShortSideTransform(64)), Runtime(torch.device("cpu"), 2), **cam)
+    alone, _ = localize(RedCam(), ImageDataset(split, ShortSideTransform(64)), Runtime(torch.device("cpu"), 1), **cam)
     assert np.array_equal(masks, alone)  # an image's mask does not depend on what shares its batch
     for m, name in zip(masks, names):
         (h, w), (y0, y1, x0, x1) = specs[name]

@@ -15,12 +15,13 @@ import torch
 from harness import ROOT, call, error_line, make_dataset
 
 from fgvc import image, interrupt
+from fgvc.annotations import load_dataset
 from fgvc.checkpoint import load_checkpoint
-from fgvc.data import load_dataset
+from fgvc.config import TrainConfig
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit
 from fgvc.image import BadImage, read_rgb
-from fgvc.models import build_model, model_args
+from fgvc.stages import build_model, model_args
 from fgvc.transforms import EvalTransform, TrainTransform
 
 MODEL = ["--arch", "resnet18", "--pretrained", "none", "--img-size", "48", "--device", "cpu", "--workers", "0",
@@ -228,7 +229,8 @@ def tiny_fit(data, out, epochs=2, resume=False, stop_at=None):
     cfg = dict(epochs=epochs, batch_size=8, eval_batch_size=16, lr=0.05, backbone_lr_ratio=1.0, amp="off", workers=0,
                seed=0, resume=resume, save_every=0, max_bad_images=5, log_every=1, sync_bn=False, arch="resnet18",
                img_size=48, resize=56, freeze=False, world_size=1, optimizer="sgd", dropout=0.25, frozen_bn="train")
-    return fit(model, train, val, cfg, out, classes.ids, model_args("coarse", "resnet18", len(classes), False), "cpu")
+    return fit(model, train, val, config=TrainConfig.from_flags(cfg, "cpu"), out_dir=out, class_ids=classes.ids,
+               model_args=model_args("coarse", "resnet18", len(classes), False))
 
 
 @pytest.fixture

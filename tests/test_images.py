@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from fgvc.image import BadImage, read_rgb
-from fgvc.transforms import EvalTransform, TrainTransform, grid_mask, resize_short, warp
+from fgvc.transforms import EvalTransform, TrainTransform, grid_cells, resize_short, warp
 
 RGB = np.zeros((40, 60, 3), np.uint8)
 RGB[:, :, 0] = 200  # red in RGB
@@ -75,6 +75,14 @@ def test_eval_transform_keeps_whole_image():
     img[:, -10:] = 255  # a stripe at the right border must survive
     out = EvalTransform(60)(img)
     assert out.shape == (3, 60, 60) and out[0, :, -1].float().mean() > 200
+
+
+def grid_mask(img, rng, grid=7, keep=0.9, fill=0):
+    """The grid mask on an (H, W, C) image, in place: each cell of a grid x grid partition blanked
+    with p = 1 - keep (TrainTransform does the same on its planar copy)."""
+    for y0, y1, x0, x1 in grid_cells(*img.shape[:2], rng, grid, keep):
+        img[y0:y1, x0:x1] = fill
+    return img
 
 
 def test_grid_mask_drops_about_a_tenth_of_cells_with_fill():

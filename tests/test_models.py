@@ -6,9 +6,10 @@ import pretrainedmodels
 import pytest
 import torch
 
-from fgvc.errors import CheckpointError
 from fgvc.backbones import default_weights, load_imagenet_weights
-from fgvc.models import CoarseNet, FineNet, build_model
+from fgvc.errors import CheckpointError
+from fgvc.models import CoarseNet, FineNet
+from fgvc.stages import build_model
 
 
 def original_format_file(path, arch):

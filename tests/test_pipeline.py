@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from harness import ROOT, TINY, make_dataset, run_script
 
-from fgvc.data import load_dataset
+from fgvc.annotations import load_dataset
 from fgvc.submission import read_submission
 
 

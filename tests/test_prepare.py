@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from harness import COLORS, ROOT, TINY, call, run_script
 
-from fgvc.data import load_dataset
+from fgvc.annotations import load_dataset
 
 PREPARE = ROOT / "data" / "prepare.py"
 

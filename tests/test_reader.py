@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from harness import ROOT, run_script
 
-from fgvc.data import class_counts, class_prior, load_dataset, read_split
+from fgvc.annotations import class_counts, class_prior, load_dataset, read_split
 from fgvc.errors import DatasetError
 
 

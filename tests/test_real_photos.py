@@ -16,7 +16,7 @@ import torch
 
 from fgvc.backbones import default_weights, imagenet_classifier
 from fgvc.image import read_rgb
-from fgvc.models import build_model
+from fgvc.stages import build_model
 from fgvc.transforms import EvalTransform
 
 ARCH = "timm/tf_efficientnet_lite0"

@@ -9,7 +9,7 @@ import pytest
 from harness import call, make_dataset, spoil
 from helpers import BAD_TEST, BAD_TRAIN, BAD_VAL, ODD_TEST, ODD_TRAIN, ODD_VAL, coarse_args, fine_args, scoring_args
 
-from fgvc.data import load_dataset
+from fgvc.annotations import load_dataset
 
 
 # ---------------------------------------------------------------- a trained pipeline to break

@@ -11,8 +11,8 @@ from harness import error_line
 from helpers import (BAD_TEST, BAD_TRAIN, BAD_VAL, ODD_TEST, ODD_TRAIN, ODD_VAL, RunsCode, coarse_args, copy_dir,
                      edit_json, fine_args, first_image_id, masks_of, scoring_args)
 
-from fgvc.cam import save_masks
-from fgvc.data import load_dataset
+from fgvc.annotations import load_dataset
+from fgvc.masks import save_masks
 from fgvc.submission import read_submission
 
 

@@ -7,9 +7,9 @@ from harness import make_dataset
 from helpers import (STEPS_PER_EPOCH, after_save, coarse_args, copy_dir, kill_when, masks_of, scoring_args, spawn,
                      temps, when_writing)
 
-from fgvc.cam import save_masks
+from fgvc.annotations import load_dataset
 from fgvc.checkpoint import load_checkpoint
-from fgvc.data import load_dataset
+from fgvc.masks import save_masks
 from fgvc.submission import read_submission, write_submission
 
 
