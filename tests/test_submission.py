@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 import fgvc.atomic
-from fgvc.errors import UserError
+from fgvc.boxes import read_boxes
+from fgvc.errors import DatasetError, UserError
 from fgvc.submission import read_labels, read_submission, top1_error, write_submission
 
 
@@ -42,3 +43,20 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         write_submission(path, [1, 2], [[5, 4, 3, 2, 1], [1, 1, 1, 1, 1]])
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+@pytest.mark.parametrize("reader,header,bad", [
+    (read_labels, "id,category_id", "7,x"),
+    (read_submission, "id,predicted", "7"),
+    (read_boxes, "image_id,x,y,w,h", "7,1,2,3"),
+])
+def test_the_csv_files_name_the_file_and_line_of_a_bad_entry(tmp_path, reader, header, bad):
+    """One reader (fgvc/csvfile.py) for labels, submissions and boxes: a wrong header or a
+    malformed line is a DatasetError with the file and the line number; blank lines are skipped."""
+    path = tmp_path / "f.csv"
+    path.write_text(f"{header}\n\n{bad}\n")
+    with pytest.raises(DatasetError, match=rf"f\.csv: line 3 is not '{header}': '{bad}'"):
+        reader(path)
+    path.write_text("id;category_id\n1;2\n")
+    with pytest.raises(DatasetError, match=rf"f\.csv: header is not '{header}'"):
+        reader(path)
