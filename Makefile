@@ -1,5 +1,5 @@
 # make demo          the whole method on the embedded toy dataset: ImageNet weights fine-tuned with the original's recipe (CPU; under 9 minutes on 2 cores)
-# make demo-scratch  the same from scratch (resnet18, AdamW): the earlier demo (CPU; 14 minutes with native bf16, about 40 without)
+# make demo-scratch  the same from scratch (resnet18, AdamW): the earlier demo (CPU; 14 minutes with native bf16, 43 without)
 # make ablate        the ablation table of the demo's runs (fig/ablation.md, fig/ablation.png; ROWS=test for the test-time rows only; about 18 minutes)
 # make test          the test suite (what CI runs; about 9 minutes on 2 cores)
 # make bench         the performance harness (bench/results.json; about 15 minutes)
