@@ -28,14 +28,22 @@ sibling folders give them.
 
 Everything is read and checked first; a problem ends with one line naming the file and the entry
 (exit code 2) and nothing written. The output is built in DIR.tmp-<pid>, read back with the
-project's reader, and renamed to DIR: DIR is complete or absent.
+project's reader, and renamed to DIR: DIR is complete or absent. DIR/.prepared.json lists every
+entry prepare wrote; --overwrite replaces only a DIR that holds nothing else, and never a DIR that
+is, contains or lies inside a source folder. The tree a killed run left beside DIR (DIR.tmp-<pid>,
+DIR.old-<pid>) is removed by the next run (the previous dataset put back if DIR is gone). SIGINT
+and SIGTERM end it with one line and exit 130 / 143, DIR as it was.
 """
 import argparse
 import csv
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import stat
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -46,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from fgvc.annotations import SPLIT_FILES, _check_file_name, _entries, _field, _is_int, _load_json, load_dataset
+from fgvc import interrupt
 from fgvc.errors import DatasetError, UserError, fail
 from fgvc.image import BadImage, read_rgb
 from fgvc.paths import resolve
@@ -425,12 +434,162 @@ def split_json(prepared, name):
     return doc
 
 
-def write_dataset(prepared, out, mode):
-    """Write DIR.tmp-<pid>, check it with the project's reader, then rename it to DIR."""
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+# ---------------------------------------------------------------- replacing --out: only what prepare wrote
+
+MANIFEST = ".prepared.json"  # in DIR: every entry prepare made there, so that --overwrite removes only those
+PARTIAL = ".prepare-partial"  # in DIR.tmp-<pid> from its first moment: the tree is prepare's own
+WRITTEN = []  # --out, once the new dataset is in place (for the message of a signal that came during the swap)
+WORK = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")  # DIR.tmp-<pid>, DIR.old-<pid>
+
+
+def tree_entries(root):
+    """[(relative path, kind, size)] of everything below `root`, symlinks not followed, sorted."""
+    out = []
+    for parent, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(parent) / name
+            st = os.lstat(path)
+            kind = "link" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else "file"
+            out.append((path.relative_to(root).as_posix(), kind, st.st_size if kind == "file" else 0))
+    return sorted(out)
+
+
+def write_manifest(root):
+    entries = [e for e in tree_entries(root) if e[0] != PARTIAL]
+    (root / MANIFEST).write_text(json.dumps({"written_by": "data/prepare.py", "entries": entries}))
+
+
+def read_manifest(root):
+    """The entries of root's manifest, or None if it has none (or one this script cannot read)."""
     try:
-        tmp.mkdir(parents=True)
+        doc = json.loads((root / MANIFEST).read_text())
+        return {e[0]: (e[1], e[2]) for e in doc["entries"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def foreign_entry(root, manifest):
+    """The first entry below `root` that prepare did not write (absent from the manifest, or of
+    another kind or size than it wrote), or None. Entries it wrote and that are gone are fine."""
+    for rel, kind, size in tree_entries(root):
+        if rel in (MANIFEST, PARTIAL):
+            continue
+        made = manifest.get(rel)
+        if made is None:
+            return f"{rel} (not written by data/prepare.py)"
+        if made != (kind, size):
+            return f"{rel} (changed since data/prepare.py wrote it: {kind} of {size} bytes, was {made[0]} of {made[1]})"
+    return None
+
+
+def remove_manifested(root, manifest):
+    """Delete what the manifest lists (files and links unlinked, folders removed only when empty), then
+    the manifest and root itself if empty. Never follows a symlink; never removes anything else."""
+    for rel in sorted(manifest, key=lambda r: r.count("/"), reverse=True):
+        path = root / rel
+        try:
+            if manifest[rel][0] == "dir":
+                os.rmdir(path)
+            elif not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)
+        except (FileNotFoundError, OSError):
+            pass
+    for name in (MANIFEST, PARTIAL):
+        try:
+            os.unlink(root / name)
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(root)
+    except OSError:
+        pass
+
+
+def lock_tree(path):
+    """An exclusive flock on the folder `path` (released by the kernel when the process dies);
+    None if another live process holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def clean_stale(out):
+    """Find what killed runs for `out` left beside it and remove it: DIR.tmp-<pid> (a tree being built)
+    and DIR.old-<pid> (the previous dataset, being replaced; put back if DIR is absent). A tree whose
+    owner is alive (it holds its flock) means another prepare.py is writing DIR: refused. A folder of
+    that name without prepare's marker is not ours and is left alone. Says what it did on stdout."""
+    try:
+        names = sorted(os.listdir(out.parent))
+    except FileNotFoundError:
+        return
+    for name in names:
+        m = WORK.match(name)
+        path = out.parent / name
+        if not m or m["name"] != out.name or not path.is_dir() or path.is_symlink():
+            continue
+        fd = lock_tree(path)
+        if fd is None:
+            raise UserError(f"{out}: another data/prepare.py (pid {m['pid']}) is writing it ({path}); "
+                            "wait for it to end")
+        try:
+            manifest = read_manifest(path)
+            if m["kind"] == "old" and manifest is not None and not os.path.lexists(out):
+                path.rename(out)  # killed between the two renames: the previous dataset goes back
+                print(f"put back {out} from {name}, left by a killed run", flush=True)
+            elif manifest is not None and foreign_entry(path, manifest) is None:
+                remove_manifested(path, manifest)
+                print(f"removed {path}, left by a killed run", flush=True)
+            elif m["kind"] == "tmp" and (path / PARTIAL).is_file():
+                shutil.rmtree(path)  # a tree being built: everything in it is prepare's (links not followed)
+                print(f"removed {path}, left by a killed run", flush=True)
+        finally:
+            os.close(fd)
+
+
+def check_replaceable(out, overwrite):
+    """Refuse an --out that exists unless --overwrite and prepare wrote everything in it."""
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise UserError(f"{out}: exists; delete it or pass --overwrite")
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"{out}: exists and is not a prepared dataset (not a folder); not overwriting it")
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise UserError(f"{out}: exists and is not a prepared dataset (no {MANIFEST}, the list of what "
+                        f"data/prepare.py wrote); not overwriting it")
+    foreign = foreign_entry(out, manifest)
+    if foreign:
+        raise UserError(f"{out}: holds {foreign}; --overwrite removes only what data/prepare.py wrote: "
+                        "move it away or choose another --out")
+
+
+def check_apart(out, sources):
+    """--out must neither be nor contain nor lie inside any folder images are read from."""
+    real = Path(os.path.realpath(out))
+    for source in sources:
+        source = Path(os.path.realpath(source))
+        if real == source or source in real.parents:
+            raise UserError(f"{out}: inside the source {source}; write it elsewhere")
+        if real in source.parents:
+            raise UserError(f"{out}: contains the source {source}; --overwrite would delete it: write it elsewhere")
+
+
+def write_dataset(prepared, out, mode):
+    """Write DIR.tmp-<pid>, check it with the project's reader, then swap it in for DIR.
+
+    The tree is prepare's from its first moment (marker, flock); a kill at any point leaves DIR whole
+    (the previous one or the new one) and a tree beside it that the next run removes. The swap itself
+    runs with SIGINT / SIGTERM held back."""
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    fd = lock_tree(tmp)
+    try:
+        (tmp / PARTIAL).write_text(f"pid {os.getpid()}\n")
         link_images(prepared, tmp, mode)
         for name, file in SPLIT_FILES.items():
             (tmp / file).write_text(json.dumps(split_json(prepared, name), separators=(",", ":")))
@@ -443,16 +602,27 @@ def write_dataset(prepared, out, mode):
             write_csv(tmp / "truth" / "boxes.csv", ("image_id", "x", "y", "w", "h"),
                       [(i, *(f"{v:g}" for v in prepared.boxes[i])) for i in sorted(prepared.boxes)])
         load_dataset(tmp)  # what every stage will read: same classes, every file reachable
-        if out.exists():  # --overwrite of an earlier prepared dataset
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        write_manifest(tmp)
+        os.unlink(tmp / PARTIAL)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
+        try:
+            if os.path.lexists(out):  # --overwrite of a dataset prepare wrote (check_replaceable)
+                old = out.with_name(f"{out.name}.old-{os.getpid()}")
+                manifest = read_manifest(out)
+                out.rename(old)
+                tmp.rename(out)
+                remove_manifested(old, manifest)
+            else:
+                tmp.rename(out)
+            WRITTEN.append(out)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(fd)
 
 
 def write_csv(path, header, rows):
@@ -489,7 +659,7 @@ def get_args_parser():
     p.add_argument("src", help="the unpacked dataset (folder: the folder of class folders); relative to the repo root")
     # where
     p.add_argument("--out", required=True, help="dataset root to write; must not exist (a relative path resolves against the repo root, as in the stages)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier prepared dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if data/prepare.py wrote everything in it (its .prepared.json lists it)")
     p.add_argument("--link", choices=("symlink", "hard"), default="symlink",
                    help="how images are reachable under --out: relative symlinks of the top folders, or hard links per file (default: symlink)")
     p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
@@ -506,11 +676,9 @@ def main(args):
     src, out = resolve(args.src).resolve(), resolve(args.out)
     out = out.parent.resolve() / out.name  # links are made relative to the real parent
     mode = "copy" if args.copy else args.link
-    if out.exists() and not (args.overwrite and (out / SPLIT_FILES["train"]).is_file()):
-        raise UserError(f"{out}: exists; delete it or pass --overwrite" if not args.overwrite else
-                        f"{out}: exists and is not a prepared dataset; not overwriting it")
-    if out.resolve() == src or src in out.resolve().parents:
-        raise UserError(f"{out}: inside the source {src}; write it elsewhere")
+    check_apart(out, [src])
+    clean_stale(out)
+    check_replaceable(out, args.overwrite)
     if args.val != "draw" and args.format != "cub":
         raise UserError(f"--val {args.val}: cub only (the iNat years have their own val; folder: a sibling val/ folder)")
     if min(args.val_per_class, args.test_per_class) < 1:
@@ -523,6 +691,7 @@ def main(args):
         prepared = read_cub(src, args.val, args.val_per_class, args.seed)
     else:
         prepared = read_folder(src, args.val_per_class, args.test_per_class, args.seed)
+    check_apart(out, prepared.links.values())  # folder: its sibling val/ and test/ too
     write_dataset(prepared, out, mode)
     print(summary(prepared, args.format, out, mode), flush=True)
 
@@ -530,8 +699,13 @@ def main(args):
 def run(args):
     """main(args), with a problem as one line: exit code 2 for the input, 1 for a failed write.
     (The stages' fgvc.cli.run does the same but imports torch, which preparing does not need.)"""
+    interrupt.install()  # SIGTERM / SIGUSR1 raise interrupt.Stopped, SIGINT KeyboardInterrupt
     try:
         main(args)
+    except (KeyboardInterrupt, interrupt.Stopped) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        done = f"{WRITTEN[0]} was written before it stopped" if WRITTEN else "--out left as it was, nothing written"
+        fail(f"stopped by {signal.Signals(signum).name}; {done}", interrupt.EXIT_CODES[signum])
     except UserError as e:
         fail(e, 2)
     except OSError as e:
