@@ -29,7 +29,7 @@ from fgvc.inference import score, steady_heap
 from fgvc.masks import masks_path
 from fgvc.metrics import frequency_groups, top1_group_errors, topk
 from fgvc.paths import resolve
-from fgvc.prior import TAU_GRID, choose_tau, prior_correct
+from fgvc.prior import TAU_GRID, check_tau, choose_tau, prior_correct
 from fgvc.stages import STAGES, load_stage
 from fgvc.submission import read_labels, read_submission, top1_error, write_submission
 
@@ -193,6 +193,8 @@ def main(args):
     classes, splits, out = claim_inputs_and_outputs(args)
     counts = class_counts(splits["train"], len(classes))
     prior = class_prior(counts)
+    if tau is not None:
+        check_tau(prior, tau)  # before any model is loaded: --tau 1e308
     fallback = topk(prior[None], 5)[0]
     scorer = Scorer(args, args.model, classes, device)
 

@@ -8,7 +8,7 @@ import torch
 
 from . import dist, image, interrupt, outputs
 from .config import Runtime, TrainConfig
-from .errors import UserError, fail
+from .errors import UserError, fail, last_line
 
 
 def default_device():
@@ -142,6 +142,23 @@ def _check_number(name, v, lo, hi, lo_ok):
         raise UserError(f"{flag} {v:g}: must be {rng}")
 
 
+def _check_sizes(args):
+    """Flags checked against the sizes they produce, for an image of --max-megapixels: a crop side
+    sqrt(k x image pixels) must be a finite number (--crop-k 1e308 overflows in the loader), and an
+    input of --img-size or a canvas of short side --resize must fit the limit itself."""
+    pixels = (getattr(args, "max_megapixels", None) or image.LIMITS["max_pixels"] / 1e6) * 1e6
+    for name in ("crop_k", "tta_factors", "tta_mirror_factors"):
+        value = getattr(args, name, None)
+        for k in value if isinstance(value, (list, tuple)) else [value]:
+            if k is not None and not math.isfinite(math.sqrt(k * pixels)):
+                raise UserError(f"--{name.replace('_', '-')} {k:g}: the crop side sqrt({k:g} x image pixels) overflows "
+                                f"for an image of --max-megapixels {pixels / 1e6:g}")
+    for name in ("img_size", "resize"):
+        side = getattr(args, name, None)
+        if side is not None and side * side > pixels:
+            raise UserError(f"--{name.replace('_', '-')} {side}: {side} x {side} pixels, more than --max-megapixels {pixels / 1e6:g}")
+
+
 def validate(args):
     """Every numeric flag within its range, and a device that exists: one line, exit 2, at start."""
     for name, (lo, hi, lo_ok) in LIMITS.items():
@@ -156,6 +173,7 @@ def validate(args):
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if v is not None:
                 _check_number(name, v, lo, hi, lo_ok)
+    _check_sizes(args)
     device = getattr(args, "device", None)
     if device is not None:
         try:
@@ -195,7 +213,12 @@ def run(main, parser):
         fail(interrupt.stop_message(signal.SIGINT), 130)
     except interrupt.Stopped as e:
         fail(str(e) or interrupt.stop_message(e.signum), e.code)
+    except Exception as e:
+        if "DataLoader worker" not in str(e):
+            raise  # a bug in this process: its traceback (the workers are ended below all the same)
+        fail(f"a data loader worker failed: {last_line(e)} (previous files left intact)", 1)
     finally:
+        interrupt.end_workers()  # before anything can wait for them
         outputs.release()  # the lock of the run's outputs (a process that dies releases it too)
         dist.cleanup()
 

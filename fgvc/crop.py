@@ -40,7 +40,7 @@ def crop_box(mask, width, height, k=2.0, rng=None, *, centre="original", min_pix
     ys, xs = np.nonzero(mask)
     n = len(ys)
     sx, sy = width / w, height / h
-    side = math.sqrt(k * n * sx * sy)
+    side = min(math.sqrt(k * n * sx * sy), 2.0 * max(width, height))  # a side past 2x covers the image wherever its centre
     if n * sx * sy < min_pixels or side < min_side:
         return 0, 0, width, height
     if centre == "original":

@@ -3,7 +3,8 @@
 Every sample carries its own random generator, seeded by (seed, epoch, index): augmentations do
 not depend on the number of workers, on the process, or on where a resumed run starts.
 An unreadable image does not crash a worker: the sample comes back with ok=False (and a blank
-tensor of the right shape), and the engine leaves it out and counts it.
+tensor of the right shape), and the engine leaves it out and counts it. Any other error in reading
+or transforming an image is a SampleError naming the json and the file (one line in the CLI).
 """
 import math
 
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from . import interrupt
-from .errors import BadImagesError
+from .errors import BadImagesError, SampleError, first_line
 from .image import BadImage, read_rgb
 
 
@@ -42,9 +43,12 @@ class ImageDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         try:
             img = read_rgb(self.split.path(i), cache=self.cache)
+            return self._apply(img, None if self.masks is None else self.masks[i], rng), label, i, True
         except BadImage:
             return self.blank.clone(), label, i, False
-        return self._apply(img, None if self.masks is None else self.masks[i], rng), label, i, True
+        except Exception as e:  # in a worker too: the main process gets it as one line naming the file
+            raise SampleError(f"{self.split.json_path.name}: image id {self.split.image_ids[i]} ({self.split.path(i)}): "
+                              f"{type(e).__name__}: {first_line(e)}") from None
 
 
 class BadImageCounter:

@@ -18,6 +18,19 @@ class BadImagesError(UserError):
     """More unreadable images than the --max-bad-images budget allows."""
 
 
+class SampleError(UserError):
+    """Reading or transforming one image failed with an error that is not an unreadable file; the
+    message names the file. A DataLoader worker's exception reaches the main process as
+    `SampleError("Caught SampleError in DataLoader worker process 0.\nOriginal Traceback ...")`,
+    whose last line is `fgvc.errors.SampleError: <message>`: only <message> is kept."""
+
+    def __init__(self, message):
+        marker = f"{__name__}.SampleError: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite."""
 

@@ -71,6 +71,14 @@ class BadImage(Exception):
         self.path, self.reason = str(path), reason
 
 
+def check_pixels(width, height, what):
+    """A size computed from an image (the resize for localization or training) over the limit makes
+    the image unreadable, as a header declaring it would: a 20000 x 1 PNG (60 KB) passes the header
+    check and would be resized to 10,240,000 x 512 at a short side of 512."""
+    if width * height > LIMITS["max_pixels"]:
+        raise BadImage("", f"{what} {width} x {height} pixels, more than --max-megapixels {LIMITS['max_pixels'] / 1e6:g}")
+
+
 def _is_jpeg(buf):
     return buf.size >= 2 and buf[0] == 0xFF and buf[1] == 0xD8
 

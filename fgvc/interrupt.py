@@ -8,6 +8,7 @@ else they stop the run at once (exit 143), and so does SIGINT (exit 130): the at
 the previous files whole. In every case the CLI prints one line: where the run stopped and which
 checkpoint is on disk.
 """
+import multiprocessing
 import signal
 from contextlib import contextmanager
 
@@ -40,9 +41,30 @@ def install():
 
 
 def worker_init(_worker_id=None):
-    """Data loader processes ignore SIGTERM / SIGUSR1: the main process decides when to stop."""
+    """Data loader processes ignore SIGTERM / SIGUSR1: the main process decides when to stop.
+    So nothing but SIGKILL ends them: the main process ends them with `end_workers()`."""
     for s in PREEMPT:
         signal.signal(s, signal.SIG_IGN)
+
+
+def end_workers(timeout=5.0):
+    """Kill (SIGKILL) every child process still alive (the data loader workers), then join them.
+
+    Called whenever a command ends. After an error the loader that owns the workers may never be
+    shut down (the traceback keeps it alive), and the workers ignore SIGTERM, so multiprocessing's
+    own exit handler (terminate, then join without a timeout) would wait for them for ever.
+    SIGCHLD goes back to its default first: the loader's handler would report the kill as a crash."""
+    children = multiprocessing.active_children()
+    if not children:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in children:
+        try:
+            p.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+    for p in children:
+        p.join(timeout)
 
 
 @contextmanager

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 
+from .image import check_pixels
+
 # Smallest scale factor left to the bilinear warp: output pixels at most 2 source pixels apart, so
 # every source pixel still weighs in (the mip-map rule). An 800 px iNat image resized to a 512 short
 # side is shrunk by 0.64 at most. Stronger shrinking goes through INTER_AREA first.
@@ -154,6 +156,7 @@ class TrainTransform:
 
     def __call__(self, img, rng):
         h, w = img.shape[:2]
+        check_pixels(*short_side_size(w, h, self.short), "resized for training to")
         if self.short / min(h, w) < MILD_SHRINK:
             img = resize_short(img, self.short)
             h, w = img.shape[:2]
@@ -197,4 +200,6 @@ class ShortSideTransform:
 
     def __call__(self, img, rng=None):
         h, w = img.shape[:2]
-        return to_tensor(resize(img, *self.size(w, h)))
+        size = self.size(w, h)
+        check_pixels(*size, "resized for localization to")
+        return to_tensor(resize(img, *size))

@@ -3,6 +3,10 @@ ends in a one-line refusal or survives with nothing lost.
 
 1. `data/prepare.py --overwrite` removes only what prepare wrote, never a source; a killed run's
    tree is removed by the next run; SIGINT / SIGTERM end it with one line, exit 130 / 143.
+3. An exception in a data loader worker ends the command within seconds with one line (the
+   workers ignore SIGTERM, so nothing but the main process's SIGKILL ends them).
+4. Sizes are checked where they are computed: a resize over the megapixel limit is an unreadable
+   image; flags whose crop side, input or prior ** tau overflows are refused at start.
 """
 import fcntl
 import os
@@ -13,7 +17,14 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 from harness import ROOT, make_dataset, run_script
+from harness import error_line
+from helpers import coarse_args, fine_args, scoring_args
+
+from fgvc.annotations import load_dataset
+from fgvc.errors import UserError
+from fgvc.prior import prior_correct
 
 PREPARE = ROOT / "data" / "prepare.py"
 
@@ -170,3 +181,110 @@ def test_sigint_and_sigterm_end_prepare_with_one_line(tmp_path):
         lines = stderr.strip().splitlines()
         assert got == code and len(lines) == 1 and lines[0].startswith(f"error: stopped by {name}"), stderr
         assert "Traceback" not in stderr and not ds.exists() and not leftovers(ds)
+
+
+# ---------------------------------------------------------------- 3. no hang after an error in a worker
+
+# Runs a stage with one failure planted in the data loader workers (forked: they inherit the patch).
+# "read": reading the image named argv[2] raises ValueError (an error the reader does not expect);
+# "getitem": the dataset itself raises, outside the reader's own error handling.
+IN_WORKER = """
+import os, runpy, sys
+sys.path.insert(0, sys.argv[1])
+import fgvc.datasets as d
+how, name = sys.argv[2], sys.argv[3]
+_read, _getitem = d.read_rgb, d.ImageDataset.__getitem__
+def read(path, *a, **k):
+    if str(path).endswith(name):
+        raise ValueError("planted in a worker")
+    return _read(path, *a, **k)
+def getitem(self, item):
+    if os.getpid() != PARENT:
+        raise KeyError("planted in a worker")
+    return _getitem(self, item)
+PARENT = os.getpid()
+if how == "read":
+    d.read_rgb = read
+else:
+    d.ImageDataset.__getitem__ = getitem
+sys.argv = sys.argv[4:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+BOUND_S = 120  # the whole run; a hang is for ever (the 2-core machine is shared: 15-25 s measured)
+
+
+@pytest.mark.parametrize("how", ["read", "getitem"])
+def test_an_error_in_a_loader_worker_ends_the_command_in_one_line(how, tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    _, splits = load_dataset(data)
+    name = splits["train"].file_names[5]
+    args = coarse_args(data, tmp_path / "run", "--epochs", "1", "--workers", "2")
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([sys.executable, "-c", IN_WORKER, str(ROOT), how, name, str(ROOT / "coarse" / "train.py"),
+                            *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=BOUND_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {BOUND_S} s after a planted worker error (a hang)") from None
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert "Traceback" not in p.stderr and len(lines) == 1, p.stderr[-3000:]
+    if how == "read":  # the reader names the json, the entry and the file
+        assert p.returncode == 2 and f"train2019.json: image id {splits['train'].image_ids[5]}" in lines[0], lines
+        assert name in lines[0] and "ValueError: planted in a worker" in lines[0]
+    else:
+        assert p.returncode == 1 and "a data loader worker failed: KeyError: 'planted in a worker'" in lines[0], lines
+    assert time.monotonic() - t0 < BOUND_S
+
+
+# ---------------------------------------------------------------- 4. sizes checked where computed
+
+def test_a_thin_image_whose_resize_passes_the_limit_is_unreadable(tmp_path, run_cli):
+    """A 20000 x 1 PNG (60 KB) declares 0.02 megapixels; at a short side of 56 it would be resized to
+    1,120,000 x 56 = 63 megapixels, over --max-megapixels 50: unreadable in training and localization."""
+    data = make_dataset(tmp_path / "ds")
+    _, splits = load_dataset(data)
+    thin = data / splits["train"].file_names[3]
+    assert cv2.imwrite(str(thin.with_suffix(".png")), np.full((1, 20000, 3), 120, np.uint8))
+    thin.unlink()
+    thin.with_suffix(".png").rename(thin)  # PNG bytes under the .jpg name: decoded by content
+    code, out, err = run_cli("coarse/train.py", *coarse_args(data, tmp_path / "run", "--epochs", "1", "--max-megapixels", "50"))
+    assert code == 0, err[-3000:]
+    assert out.count(f"skipped 1 unreadable train images (first: {thin})") == 2, out  # training, then localization
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("fine/train.py", "--crop-k", "1e308"),
+    ("test.py", "--tta-factors", "1e308"),
+    ("test.py", "--tta-mirror-factors", "1e308"),
+    ("coarse/train.py", "--img-size", "100000"),
+    ("coarse/train.py", "--resize", "20000"),
+])
+def test_flags_whose_sizes_overflow_are_refused_at_start(script, flag, value, tmp_path, run_cli):
+    data, out = tmp_path / "nothing here", tmp_path / "out"
+    args = {"fine/train.py": fine_args(data, out, tmp_path / "coarse"), "coarse/train.py": coarse_args(data, out),
+            "test.py": scoring_args(data, tmp_path / "coarse", tmp_path / "fine", tmp_path / "s.csv")}[script]
+    code, _, err = run_cli(script, *args, flag, value)
+    line = error_line(err)
+    assert code == 2 and line.startswith(f"error: {flag} {float(value):g}"), line
+    assert ("overflows" in line or "more than --max-megapixels" in line) and not out.exists()
+
+
+def test_tau_whose_prior_power_overflows_is_refused_before_anything_is_written(clean, tmp_path, run_cli):
+    data, coarse, fine, _ = clean
+    sub = tmp_path / "s.csv"
+    code, _, err = run_cli("test.py", *scoring_args(data, coarse, fine, sub, "--tau", "1e308"))
+    assert code == 2 and "--tau 1e+308: prior ** tau leaves float64's normal range" in error_line(err), err
+    assert not sub.exists()
+
+
+def test_prior_correct_is_in_log_space_and_refuses_non_finite_scores():
+    prior = np.array([0.7, 0.2, 0.1])
+    probs = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    # 0.1 ** 300 = 1e-300 and 0.5 / 1e-300 are still numbers: p / prior ** tau ranks by the prior
+    corrected = prior_correct(probs, prior, 300.0)
+    assert np.isfinite(corrected).all() and (corrected.argmax(1) == [2, 2]).all()
+    # 0.1 ** 400 underflows (the old division gave 0 / 0 and the id order); 1e308 * log 0.1 overflows
+    for tau in (400.0, 1e308):
+        with pytest.raises(UserError, match="prior \\*\\* tau leaves float64's normal range"):
+            prior_correct(probs, prior, tau)
+    with pytest.raises(UserError, match="non-finite scores"):
+        prior_correct(np.array([[np.nan, 0.5, 0.5]]), prior, 1.0)
