@@ -14,6 +14,7 @@ Writes --submission (default submission.csv; submission_val.csv for --split val)
 """
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent; sys.path.insert(0, str(ROOT))
@@ -24,6 +25,7 @@ from fgvc import cli, dist, outputs
 from fgvc.annotations import class_counts, class_prior, load_dataset
 from fgvc.checkpoint import CHECKPOINT
 from fgvc.crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
+from fgvc.csvfile import read_csv
 from fgvc.errors import BadImagesError, UserError
 from fgvc.inference import score, steady_heap
 from fgvc.masks import masks_path
@@ -121,13 +123,19 @@ def evaluation_table(scores, labels, prior, counts, tau):
 
 
 def hidden_labels(path, split, classes):
-    """Class index of each image of `split` from truth/test_labels.csv; an error names what is missing."""
-    labels, index = read_labels(path), classes.index()
-    missing = [int(i) for i in split.image_ids if int(i) not in labels]
+    """Class index of each image of `split` from truth/test_labels.csv, checked at start (before
+    anything is written): one label for every image of the split, none for an id outside it, every
+    category id a class of train. An error names the file and the first offending ids."""
+    rows, index = read_csv(path, ("id", "category_id"), lambda f: (int(f[0]), int(f[1]))), classes.index()
+    labels, ids = dict(rows), {int(i) for i in split.image_ids}
+    twice = sorted({i for i, n in Counter(i for i, _ in rows).items() if n > 1})
+    outside = sorted(i for i in labels if i not in ids)
+    missing = sorted(i for i in ids if i not in labels)
     unknown = sorted({c for c in labels.values() if c not in index})
-    if missing or unknown:
-        raise UserError(f"{path}: {len(missing)} {split.name} image ids without a label (first: {missing[:5]}), "
-                        f"{len(unknown)} unknown category ids (first: {unknown[:5]})")
+    for what, bad in (("image ids listed more than once", twice), (f"image ids that are not in the {split.name} split", outside),
+                      (f"{split.name} image ids without a label", missing), ("unknown category ids", unknown)):
+        if bad:
+            raise UserError(f"{path}: {len(bad)} {what} (first: {bad[:5]}); nothing written")
     return np.array([index[labels[int(i)]] for i in split.image_ids], np.int64)
 
 
@@ -196,6 +204,8 @@ def main(args):
     if tau is not None:
         check_tau(prior, tau)  # before any model is loaded: --tau 1e308
     fallback = topk(prior[None], 5)[0]
+    truth = resolve(args.data) / "truth" / "test_labels.csv"  # hidden test labels (the toy's): checked now
+    labels = hidden_labels(truth, splits["test"], classes) if args.split == "test" and truth.is_file() else None
     scorer = Scorer(args, args.model, classes, device)
 
     # 1. tau (on val with --tau auto) and the table on val
@@ -210,9 +220,8 @@ def main(args):
     require_readable(split, ok)
     top = with_fallback(kept["corrected"], ok, fallback)
     # 3. on hidden test labels (the toy's): the rows of the table, the baseline beside the model with --eval
-    truth = resolve(args.data) / "truth" / "test_labels.csv"
     rows = []
-    if args.split == "test" and truth.is_file():
+    if labels is not None:
         other = scorer.other() if args.eval and args.model == "fine" else None
         if other is not None:  # every process takes part
             base, base_ok = other(split, reduce=Top5(prior, tau))
@@ -226,7 +235,6 @@ def main(args):
     write_submission(out, split.image_ids, np.asarray(classes.ids)[top])
     print(f"{out}: {len(split)} rows, model {args.model}, tau {tau:g}", flush=True)
     if rows:
-        labels = hidden_labels(truth, split, classes)
         print(f"\n{split.name} ({len(split)} images), scored on {truth}\n" + error_table([(n, t, tp, labels) for n, t, tp in rows], counts), flush=True)
         print(f"submission top-1 error on the hidden test labels: {top1_error(read_submission(out), read_labels(truth)):.3f}", flush=True)
 

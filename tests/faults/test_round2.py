@@ -7,9 +7,11 @@ ends in a one-line refusal or survives with nothing lost.
    workers ignore SIGTERM, so nothing but the main process's SIGKILL ends them).
 4. Sizes are checked where they are computed: a resize over the megapixel limit is an unreadable
    image; flags whose crop side, input or prior ** tau overflows are refused at start.
+5. test.py checks the hidden labels before anything is written: exit 2 means nothing written.
 """
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,3 +290,31 @@ def test_prior_correct_is_in_log_space_and_refuses_non_finite_scores():
             prior_correct(probs, prior, tau)
     with pytest.raises(UserError, match="non-finite scores"):
         prior_correct(np.array([[np.nan, 0.5, 0.5]]), prior, 1.0)
+
+
+# ---------------------------------------------------------------- 5. test.py: hidden labels checked first
+
+def spoil_labels(lines):
+    """truth/test_labels.csv lines (header first) -> spoiled lines, one case each."""
+    return {
+        "an id outside the split": (lines + ["999999,40"], "1 image ids that are not in the test split (first: [999999])"),
+        "labels missing": (lines[:1] + lines[3:], "2 test image ids without a label"),
+        "an id twice": (lines + [lines[1]], "1 image ids listed more than once"),
+        "an unknown class": (lines[:1] + [lines[1].split(",")[0] + ",77"] + lines[2:], "1 unknown category ids (first: [77])"),
+    }
+
+
+def test_hidden_labels_are_checked_before_the_submission_is_replaced(clean, tmp_path, run_cli):
+    data, coarse, fine, sub = clean
+    copy = tmp_path / "ds"
+    shutil.copytree(data, copy)
+    sub_copy = tmp_path / "submission.csv"
+    shutil.copy2(sub, sub_copy)
+    before = sub_copy.read_bytes()
+    lines = (data / "truth" / "test_labels.csv").read_text().splitlines()
+    for case, (spoiled, message) in spoil_labels(lines).items():
+        (copy / "truth" / "test_labels.csv").write_text("\n".join(spoiled) + "\n")
+        code, out, err = run_cli("test.py", *scoring_args(copy, coarse, fine, sub_copy))
+        line = error_line(err)
+        assert code == 2 and "test_labels.csv: " + message in line and line.endswith("nothing written"), (case, line)
+        assert "Traceback" not in err and sub_copy.read_bytes() == before, case
