@@ -148,12 +148,23 @@ def check_matches(ckpt, path, kind=None, arch=None, class_ids=None):
             )
 
 
+# Flags that differ on every resume by nature: never reported.
+RESUME_ONLY = ("resume",)
+
+
 def check_resume(ckpt, path, flags, essential):
-    """--resume with other `essential` flags than the saved run is an error naming each difference."""
+    """--resume with other `essential` flags than the saved run is an error naming each difference.
+    Returns the other flags that changed, as '--flag old -> new' (applied from here on)."""
     saved = ckpt["args"]
-    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {flags.get(k)!r}" for k in essential if saved.get(k) != flags.get(k)]
+
+    def change(k):
+        return f"--{k.replace('_', '-')} {saved.get(k)!r} -> {flags.get(k)!r}"
+
+    diffs = [change(k) for k in essential if saved.get(k) != flags.get(k)]
     if diffs:
         raise CheckpointError(f"{path}: --resume with changed essential flags: {'; '.join(diffs)}")
+    return [change(k) for k in sorted(set(flags) | set(saved))
+            if k not in essential and k not in RESUME_ONLY and saved.get(k) != flags.get(k)]
 
 
 def load_weights(model, ckpt):

@@ -185,7 +185,9 @@ def resume_from(state, steps_per_epoch):
     classes, the run's length), or with itself, is a one-line CheckpointError."""
     path, config = state.path, state.config
     ckpt = load_checkpoint(path)
-    check_resume(ckpt, path, config.flags, STAGES[state.model_args["kind"]].resume_keeps)
+    applied = check_resume(ckpt, path, config.flags, STAGES[state.model_args["kind"]].resume_keeps)
+    if applied and dist.is_main():
+        print(f"--resume: changed flags applied from here on: {'; '.join(applied)}", flush=True)
     check_matches(ckpt, path, class_ids=state.class_ids)
     check_progress(ckpt, path, config.epochs, steps_per_epoch)
     load_weights(unwrap(state.model), ckpt)

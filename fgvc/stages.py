@@ -47,9 +47,13 @@ class Stage:
     resume_keeps: tuple  # flags a --resume must share with the saved run
 
 
-# The flags of both stages that a resumed run must keep, in the order a mismatch is reported.
-_KEEP = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "seed", "freeze", "world_size",
-         "crop_k", "optimizer", "dropout", "frozen_bn", "rotation", "crop_centre")
+# The flags of both stages that a resumed run must keep, in the order a mismatch is reported: every
+# flag that changes what training computes (the optimizer state restores weight decay, so a new one
+# would be ignored while the checkpoint's args claimed it; the decoding limits change which images
+# are trained on). Any other changed flag is applied from the resumed step on, and said so.
+_KEEP = ("arch", "img_size", "resize", "epochs", "batch_size", "lr", "backbone_lr_ratio", "weight_decay", "seed", "freeze",
+         "world_size", "crop_k", "optimizer", "dropout", "frozen_bn", "rotation", "crop_centre", "pretrained", "amp",
+         "sync_bn", "max_megapixels", "lenient_jpeg")
 _COARSE_ONLY, _FINE_ONLY = ("resize", "rotation"), ("crop_k", "crop_centre")
 
 STAGES = {

@@ -8,6 +8,7 @@ ends in a one-line refusal or survives with nothing lost.
 4. Sizes are checked where they are computed: a resize over the megapixel limit is an unreadable
    image; flags whose crop side, input or prior ** tau overflows are refused at start.
 5. test.py checks the hidden labels before anything is written: exit 2 means nothing written.
+6. --resume refuses every changed flag it cannot honour, and says which changed flags it applies.
 """
 import fcntl
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from harness import ROOT, make_dataset, run_script
 from harness import error_line
-from helpers import coarse_args, fine_args, scoring_args
+from helpers import coarse_args, copy_dir, fine_args, scoring_args
 
 from fgvc.annotations import load_dataset
 from fgvc.errors import UserError
@@ -318,3 +319,25 @@ def test_hidden_labels_are_checked_before_the_submission_is_replaced(clean, tmp_
         line = error_line(err)
         assert code == 2 and "test_labels.csv: " + message in line and line.endswith("nothing written"), (case, line)
         assert "Traceback" not in err and sub_copy.read_bytes() == before, case
+
+
+# ---------------------------------------------------------------- 6. resume: refuse or apply, and say so
+
+def test_resume_refuses_flags_it_cannot_honour_and_reports_those_it_applies(clean, tmp_path, run_cli):
+    data, coarse, _, _ = clean
+    out = copy_dir(coarse, tmp_path / "coarse", ["checkpoint.pt"])
+    before = (out / "checkpoint.pt").read_bytes()
+    # the optimizer state restores weight decay 5e-4: 0.3 would be ignored while args claimed it
+    for flags, said in ((["--weight-decay", "0.3"], "--weight-decay 0.0005 -> 0.3"), (["--sync-bn"], "--sync-bn False -> True"),
+                        (["--max-megapixels", "5"], "--max-megapixels 100.0 -> 5.0"), (["--lenient-jpeg"], "--lenient-jpeg False -> True")):
+        code, _, err = run_cli("coarse/train.py", *coarse_args(data, out, "--epochs", "1", "--resume", *flags))
+        line = error_line(err)
+        assert code == 2 and "--resume with changed essential flags" in line and said in line, line
+        assert (out / "checkpoint.pt").read_bytes() == before and sorted(os.listdir(out)) == ["checkpoint.pt"]
+    # flags that change how fast it runs, or what it does after training, are applied, and said so
+    code, stdout, err = run_cli("coarse/train.py", *coarse_args(data, out, "--epochs", "1", "--resume", "--log-every", "7",
+                                                                 "--cam-threshold", "0.5"))
+    assert code == 0, err[-2000:]
+    said = [ln for ln in stdout.splitlines() if ln.startswith("--resume: changed flags applied from here on: ")]
+    assert len(said) == 1 and "--cam-threshold 0.7 -> 0.5" in said[0] and "--log-every 20 -> 7" in said[0], stdout
+    assert "--out " in said[0] and "weight" not in said[0]  # copied to another folder: reported, not refused
