@@ -12,7 +12,6 @@ Writes --submission (default submission.csv; submission_val.csv for --split val)
        header `id,predicted`, one row per image, 5 category ids best first. The path is checked
        (and locked, `.<name>.lock` beside it) at start: never an input, never a FIFO or device.
 """
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from fgvc import cli, dist, outputs
 from fgvc.annotations import class_counts, class_prior, load_dataset
 from fgvc.checkpoint import CHECKPOINT
-from fgvc.crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
+from fgvc.config import TestConfig, parse_tau
 from fgvc.csvfile import read_csv
 from fgvc.errors import BadImagesError, UserError
 from fgvc.inference import score, steady_heap
@@ -37,28 +36,7 @@ from fgvc.submission import read_labels, read_submission, top1_error, write_subm
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Test: fine model on crops, prior correction, submission.csv")
-    g = parser.add_argument_group("inputs and outputs (relative paths resolve against the repo root)")
-    g.add_argument("--data", default="data/", help="dataset root (default: data/)")
-    g.add_argument("--fine", default="fine/out", help="fine stage directory with checkpoint.pt (default: fine/out)")
-    g.add_argument("--coarse", default="coarse/out", help="coarse stage directory: checkpoint.pt and masks (default: coarse/out)")
-    g.add_argument("--submission", default=None, help="output file (default: submission.csv; submission_val.csv for --split val)")
-    g = parser.add_argument_group("what to score")
-    g.add_argument("--model", choices=("fine", "coarse"), default="fine", help="fine model on crops, or the coarse baseline on whole images (default: fine)")
-    g.add_argument("--split", choices=("test", "val"), default="test", help="split to predict (default: test)")
-    g.add_argument("--eval", action="store_true", help="also print the evaluation table on val (always on with --split val)")
-    g.add_argument("--tau", default="1", help="correction p / prior**tau; 0 turns it off; 'auto' picks it on val (default: 1, the original's division)")
-    g.add_argument("--tta-factors", type=float, nargs="*", default=list(TTA_FACTORS), help=f"crop area factors on the image (default: {' '.join(map(str, TTA_FACTORS))})")
-    g.add_argument("--crop-centre", choices=CENTRES, default=None, help="crop-centre rule of the test-time crops (default: the fine model's --crop-centre)")
-    g.add_argument("--tta-mirror-factors", type=float, nargs="*", default=list(TTA_MIRROR_FACTORS), help=f"crop area factors on the mirror (default: {' '.join(map(str, TTA_MIRROR_FACTORS))})")
-    g = parser.add_argument_group("runtime")
-    g.add_argument("--batch-size", type=int, default=8, help="images per batch, each with all its crops (default: 8)")
-    g.add_argument("--workers", type=int, default=cli.default_workers(), help="data loader processes (default: min(8, cpus))")
-    g.add_argument("--device", default=cli.default_device(), help="cuda or cpu (default: cuda when available)")
-    cli.add_amp_arg(g)
-    g.add_argument("--seed", type=int, default=0, help="seed of the crop centres (default: 0)")
-    cli.add_decoding_args(g)
-    return parser
+    return cli.parser(TestConfig)  # every flag, its default and range: fgvc/config.py, docs/config.md
 
 
 class Scorer:
@@ -69,9 +47,10 @@ class Scorer:
         self.model, self.ckpt = load_stage(resolve(getattr(args, kind)), kind, classes, device)
         self.runtime = cli.runtime(args, device)
 
-    def other(self):
-        """A Scorer of the other stage when its checkpoint exists (the baseline beside this model), else None."""
-        kind = "coarse" if self.stage.name == "fine" else "fine"
+    def other(self, kind=None):
+        """A Scorer of stage `kind` (default: the other stage of the table) when its checkpoint
+        exists, else None."""
+        kind = kind or self.stage.other().name
         if not (resolve(getattr(self.args, kind)) / CHECKPOINT).is_file():
             return None
         return Scorer(self.args, kind, self.classes, self.device)
@@ -144,16 +123,6 @@ def require_readable(split, ok):
         raise BadImagesError(f"{split.json_path}: no readable image among its {len(split)}; no submission written")
 
 
-def parse_tau(value):
-    """--tau: a number, or None for 'auto'."""
-    if value == "auto":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise UserError(f"--tau {value!r}: a number or 'auto'") from None
-
-
 def claim_inputs_and_outputs(args):
     """The dataset's splits this command needs, and the submission path (checked and locked)."""
     need_val = args.eval or args.split == "val" or args.tau == "auto"
@@ -182,7 +151,8 @@ def on_val(args, scorer, val, prior, counts, tau):
         if other is not None:
             scores.append((other.stage.label, other(val)[0]))
         if dist.is_main():
-            scores.sort(key=lambda s: not s[0].startswith("coarse"))
+            order = [st.label for st in STAGES.values()]
+            scores.sort(key=lambda s: order.index(s[0]))
             print(f"\nval ({len(val)} images, {len(scorer.classes)} classes)\n" + evaluation_table(scores, val.labels, prior, counts, tau), flush=True)
     return tau, probs, ok
 
@@ -222,7 +192,8 @@ def main(args):
     # 3. on hidden test labels (the toy's): the rows of the table, the baseline beside the model with --eval
     rows = []
     if labels is not None:
-        other = scorer.other() if args.eval and args.model == "fine" else None
+        baseline = scorer.stage.baseline
+        other = scorer.other(baseline) if args.eval and baseline else None
         if other is not None:  # every process takes part
             base, base_ok = other(split, reduce=Top5(prior, tau))
             rows += [(other.stage.label, t, with_fallback(base[key], base_ok, fallback)) for t, key in {0.0: "uncorrected", tau: "corrected"}.items()]

@@ -19,9 +19,9 @@ is right. Row groups (--rows):
   whole      the fine stage retrained on whole images (empty masks: the crop rule's fallback).
   predicted  train masks from the CAM of the predicted class instead of the true one.
   on-mask    the fine stage retrained with --crop-centre on-mask.
-The retrained rows use the fine run's own flags (from its checkpoint), only the named one changed.
+The retrained rows replay the fine run's own config (every flag its checkpoint records), only the
+named one changed, and are scored with their own crop rule.
 """
-import argparse
 import shutil
 import subprocess
 import sys
@@ -37,6 +37,7 @@ from fgvc.annotations import class_counts, class_prior, load_dataset
 from fgvc.boxes import read_boxes
 from fgvc.cam import cams_to_masks, localize
 from fgvc.checkpoint import load_checkpoint
+from fgvc.config import SCORING_RUNTIME, CoarseConfig, FineConfig, Flag, Section, StageConfig
 from fgvc.crop import TTA_FACTORS, TTA_MIRROR_FACTORS, CropTransform, MultiCropTransform
 from fgvc.datasets import ImageDataset
 from fgvc.errors import UserError, last_line
@@ -53,20 +54,21 @@ ROW_GROUPS = ("test", "oracle", "whole", "predicted", "on-mask")
 THRESHOLDS = (0.5, 0.6, 0.8)
 
 
+AblateConfig = StageConfig("ablate", "Ablation table on a dataset with hidden test labels", (
+    Section("inputs and outputs", (
+        Flag("data", str, "data/toy", "dataset root with truth/test_labels.csv"),
+        Flag("coarse", str, "runs/toy/coarse", "coarse stage directory"),
+        Flag("fine", str, "runs/toy/fine", "fine stage directory"),
+        Flag("out", str, "fig", "where ablation.md and ablation.png go"),
+        Flag("work", str, "runs/ablate", "retrained variants"),
+        Flag("rows", str, "test", f"comma-separated row groups of {', '.join(ROW_GROUPS)}, or all"),
+    )),
+    SCORING_RUNTIME,
+))
+
+
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Ablation table on a dataset with hidden test labels")
-    p.add_argument("--data", default="data/toy", help="dataset root with truth/test_labels.csv (default: data/toy)")
-    p.add_argument("--coarse", default="runs/toy/coarse", help="coarse stage directory (default: runs/toy/coarse)")
-    p.add_argument("--fine", default="runs/toy/fine", help="fine stage directory (default: runs/toy/fine)")
-    p.add_argument("--out", default="fig", help="where ablation.md and ablation.png go (default: fig)")
-    p.add_argument("--work", default="runs/ablate", help="retrained variants (default: runs/ablate)")
-    p.add_argument("--rows", default="test", help=f"comma-separated row groups of {', '.join(ROW_GROUPS)}, or all (default: test)")
-    p.add_argument("--device", default=cli.default_device(), help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--workers", type=int, default=cli.default_workers(), help="data loader processes")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
-    cli.add_amp_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the crop centres (default: 0)")
-    return p
+    return cli.parser(AblateConfig)
 
 
 # ---------------------------------------------------------------- statistics of one row
@@ -151,8 +153,8 @@ class Ablation:
         self.prior = class_prior(class_counts(self.splits["train"], len(self.classes)))
         self.runtime = cli.runtime(args, args.device)
         self.model, self.ckpt = load_stage(self.fine, "fine", self.classes, args.device)
-        self.size = self.ckpt["args"]["img_size"]
-        self.centre = self.ckpt["args"].get("crop_centre") or "on-mask"
+        self.baseline = FineConfig.from_args(self.ckpt["args"])  # the fine run's whole config
+        self.size, self.centre = self.baseline.img_size, self.baseline.crop_centre
         self.started = time.time()
 
     def progress(self, what, t0, done, total):
@@ -201,8 +203,8 @@ class Ablation:
     def threshold_rows(self, plan, done):
         """Val/test masks re-localized once, thresholded at each of THRESHOLDS."""
         coarse_model, coarse_ckpt = load_stage(self.coarse, "coarse", self.classes, self.args.device)
-        resize = coarse_ckpt["args"].get("resize") or 512
-        mask_size = tuple(coarse_ckpt["args"].get("mask_size") or (64, 64))
+        coarse = CoarseConfig.from_args(coarse_ckpt["args"])
+        resize, mask_size = coarse.resize, tuple(coarse.mask_size)
         cams = {}
         for name in ("val", "test"):
             ds = ImageDataset(self.splits[name], ShortSideTransform(resize), self.args.seed)
@@ -220,35 +222,29 @@ class Ablation:
         return rows
 
     def coarse_threshold(self):
-        return load_checkpoint(self.coarse / "checkpoint.pt")["args"].get("cam_threshold", 0.7)
+        return CoarseConfig.from_args(load_checkpoint(self.coarse / "checkpoint.pt")["args"]).cam_threshold
 
     # -------------------------------------------------------- retrained variants
 
-    def fine_flags(self):
-        """The fine run's own flags, to retrain it with one thing changed."""
-        a = self.ckpt["args"]
-        flags = ["--arch", a["arch"], "--img-size", a["img_size"], "--epochs", a["epochs"], "--batch-size", a["batch_size"],
-                 "--lr", a["lr"], "--optimizer", a.get("optimizer", "sgd"), "--weight-decay", a.get("weight_decay", 5e-4),
-                 "--backbone-lr-ratio", a["backbone_lr_ratio"], "--crop-k", a.get("crop_k", 2.0), "--seed", a["seed"],
-                 "--dropout", a.get("dropout", 0.25), "--frozen-bn", a.get("frozen_bn", "train"),
-                 "--amp", a["amp"], "--device", self.args.device, "--workers", self.args.workers, "--save-every", 0]
-        flags += ["--pretrained", a["pretrained"]] if a.get("pretrained") else []
-        flags += ["--freeze"] if a.get("freeze") else ["--no-freeze"]
-        return [str(f) for f in flags]
+    def retrain_command(self, coarse_dir, out, changes):
+        """fine/train.py with every flag of the fine run (its checkpoint's config), on `coarse_dir`'s
+        masks into `out`, on this machine (--device, --workers), with `changes` (flag: value)."""
+        here = dict(data=str(self.data), coarse=str(coarse_dir), out=str(out), device=self.args.device, workers=self.args.workers,
+                    resume=False, save_every=0)
+        return [sys.executable, str(ROOT / "fine" / "train.py"), *FineConfig.argv(self.baseline, **here, **changes)]
 
-    def retrained(self, name, group, coarse_dir, extra=()):
-        """Train the fine stage again on `coarse_dir`'s masks and score it on the test masks there."""
+    def retrained(self, name, group, coarse_dir, changes=None):
+        """Train the fine stage again on `coarse_dir`'s masks and score it on the test masks there,
+        with its own crop rule."""
         t0 = time.time()
         out = resolve(self.args.work) / group / "fine"
         if out.exists():
             shutil.rmtree(out)
-        cmd = [sys.executable, str(ROOT / "fine" / "train.py"), "--data", str(self.data), "--coarse", str(coarse_dir),
-               "--out", str(out), *self.fine_flags(), *extra]
-        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        run = subprocess.run(self.retrain_command(coarse_dir, out, changes or {}), cwd=ROOT, capture_output=True, text=True)
         if run.returncode != 0:
             raise UserError(f"retraining '{group}' failed (exit {run.returncode}): {last_line(run.stderr)}")
-        model, _ = load_stage(out, "fine", self.classes, self.args.device)
-        centre = extra[1] if extra[:1] == ("--crop-centre",) else None
+        model, ckpt = load_stage(out, "fine", self.classes, self.args.device)
+        centre = FineConfig.from_args(ckpt["args"]).crop_centre
         return self.row(name, self.multi(self.splits["test"], coarse_dir, model=model, centre=centre), seconds=time.time() - t0)
 
     def variant_masks(self, group):
@@ -264,11 +260,11 @@ class Ablation:
         elif group == "predicted":
             where.mkdir(parents=True, exist_ok=True)
             shutil.copy(self.coarse / "checkpoint.pt", where / "checkpoint.pt")
-            a = load_checkpoint(self.coarse / "checkpoint.pt")["args"]
-            cmd = [sys.executable, str(ROOT / "coarse" / "train.py"), "--data", str(self.data), "--out", str(where),
-                   "--localize-only", "--cam-class", "predicted", "--arch", a["arch"], "--device", self.args.device,
-                   "--workers", str(self.args.workers), "--amp", self.args.amp, "--figure", str(where / "sample.png"),
-                   "--mask-size", *map(str, a.get("mask_size") or (64, 64)), "--cam-threshold", str(a.get("cam_threshold", 0.7))]
+            coarse = CoarseConfig.from_args(load_checkpoint(self.coarse / "checkpoint.pt")["args"])
+            here = dict(data=str(self.data), out=str(where), device=self.args.device, workers=self.args.workers, amp=self.args.amp,
+                        figure=str(where / "sample.png"), resume=False)
+            cmd = [sys.executable, str(ROOT / "coarse" / "train.py"),
+                   *CoarseConfig.argv(coarse, **here, localize_only=True, cam_class="predicted")]
             run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if run.returncode != 0:
                 raise UserError(f"re-localizing with --cam-class predicted failed: {last_line(run.stderr)}")
@@ -333,8 +329,8 @@ def main(args):
         t0 = time.time()
         print(f"retraining the fine stage: {NAMES[group]} ...", flush=True)
         coarse_dir = run.variant_masks(group)
-        extra = ("--crop-centre", "on-mask") if group == "on-mask" else ()
-        rows.append(run.retrained(NAMES[group], group, coarse_dir, extra))
+        changes = {"crop_centre": "on-mask"} if group == "on-mask" else {}
+        rows.append(run.retrained(NAMES[group], group, coarse_dir, changes))
         run.progress(group, t0, done := done + 2, plan)
     out = resolve(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from bench.models import batch1_loop
 from fgvc.backbones import mean_pixel
 from fgvc.cam import localize
-from fgvc.config import Runtime
+from fgvc.config import RECIPE, CoarseConfig, Runtime
 from fgvc.datasets import ImageDataset, make_loader
 from fgvc.engine import make_optimizer, train_step
 from fgvc.inference import autocast_for, predict, prepare_model, score, to_device
@@ -92,7 +92,8 @@ def train_rate(model, device, amp, channels_last, args):
     """Training images/s of `model` at one precision and memory format; synthetic batches on the device."""
     model = prepare_model(model, device) if channels_last else model.to(device, memory_format=torch.contiguous_format)
     model.train()
-    optimizer = make_optimizer(model, 0.04, 0.1)
+    optimizer = make_optimizer(model, CoarseConfig["lr"].default, RECIPE[True]["backbone_lr_ratio"], name=CoarseConfig["optimizer"].default,
+                               weight_decay=CoarseConfig["weight_decay"].default)  # the original's
     autocast = autocast_for(device, amp)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.batch_size, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=g)

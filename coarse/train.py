@@ -9,7 +9,6 @@ Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard),
        --out/masks_{train,val,test}.npz (image_ids int64 N; masks uint8 0/1 N x h x w),
        --figure (default --out/sample.png). --out is locked while the run lasts.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
 from fgvc.boxes import localization_accuracy, read_boxes
 from fgvc.cam import localize
 from fgvc.checkpoint import CHECKPOINT, check_matches, load_checkpoint
+from fgvc.config import RESIZE, CoarseConfig
 from fgvc.datasets import ImageDataset
-from fgvc.engine import fit, seed_everything
+from fgvc.engine import fit, fit_outputs, seed_everything
 from fgvc.image import image_sizes
 from fgvc.inference import prepare_model, steady_heap
 from fgvc.masks import masks_path, save_masks, split_fingerprint
@@ -35,23 +35,7 @@ from fgvc.viz import save_sample_figure
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Coarse stage: CAM classifier and localization masks")
-    cli.add_data_args(parser, out_default="coarse/out")
-    cli.add_model_args(parser)
-    parser.add_argument("--resize", type=int, default=None,
-                        help="short side before the random crop, and of the whole images localized "
-                             "(default: 512; with --localize-only, the checkpoint's)")
-    parser.add_argument("--rotation", choices=("original", "smooth"), default="original",
-                        help="original: integer angle in [-15, 14], border filled with the mean colour; "
-                             "smooth: continuous angle, reflected border (default: original)")
-    cli.add_train_args(parser)
-    g = parser.add_argument_group("localization")
-    g.add_argument("--localize-only", action="store_true", help="skip training; localize with --out/checkpoint.pt")
-    g.add_argument("--cam-threshold", type=float, default=0.7, help="mask = CAM min-max normalised >= this (default: 0.7)")
-    g.add_argument("--cam-class", choices=("label", "predicted"), default="label", help="CAM of the true class on train ('label'), or of the predicted class everywhere (default: label)")
-    g.add_argument("--mask-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="mask resolution, at least 32 x 32 (default: 64 64)")
-    g.add_argument("--figure", default=None, help="image / mask / overlay grid of a few val images (default: --out/sample.png)")
-    return parser
+    return cli.parser(CoarseConfig)  # every flag, its default and range: fgvc/config.py, docs/config.md
 
 
 def train(args, config, classes, splits, pretrained):
@@ -106,19 +90,19 @@ def main(args):
         require_weights(pretrained, args.arch)  # stop at once, not after reading the data
     cli.resolve_recipe(args, pretrained)
     if not args.localize_only:
-        args.resize = args.resize or 512
+        args.resize = args.resize or RESIZE
     config = cli.train_config(args, device)
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))
     args.figure = str(resolve(args.figure or out / "sample.png"))
-    writes, folders = ([], []) if args.localize_only else outputs.fit_outputs(out, args.epochs if args.keep_epochs else 0)
+    writes, folders = ([], []) if args.localize_only else fit_outputs(out, args.epochs if args.keep_epochs else 0)
     reads = [("the checkpoint", out / CHECKPOINT)] if args.localize_only else [("--pretrained", pretrained)]
     outputs.claim(out, writes + [("--figure", args.figure)] + [("the masks", masks_path(out, n)) for n in splits],
                   reads + [("the true boxes", resolve(args.data) / "truth" / "boxes.csv")], splits.values(), folders)
     if args.localize_only:
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_matches(ckpt, out / CHECKPOINT, kind="coarse", arch=args.arch, class_ids=classes.ids)
-        args.resize = args.resize or ckpt["args"].get("resize") or 512
+        args.resize = args.resize or CoarseConfig.from_args(ckpt["args"]).resize
         model = model_from_checkpoint(ckpt)
         source = f"{out / CHECKPOINT} (epoch {ckpt['epoch']}, step {ckpt['step']})"
     else:

@@ -17,7 +17,13 @@ FORMAT = 1
 # Keys every checkpoint has (load_checkpoint refuses a file without them).
 REQUIRED = ("model", "optimizer", "scaler", "epoch", "step", "step_in_epoch", "args", "model_args", "class_ids")
 MODEL_ARGS = ("kind", "arch", "num_classes")
-KINDS = ("coarse", "fine")  # the stages (fgvc/stages.py) whose models a checkpoint can hold
+
+
+def kinds():
+    """The stages whose models a checkpoint can hold: the registry's (fgvc/stages.py)."""
+    from .stages import STAGES  # here: the registry imports this module
+
+    return tuple(STAGES)
 
 
 def _plain(value):
@@ -104,7 +110,7 @@ def _structure_problem(ckpt):
     for key in ("epoch", "step", "step_in_epoch"):
         if not _count(ckpt[key]):
             return f"'{key}' is {ckpt[key]!r}, expected a whole number >= 0"
-    if not isinstance(m, dict) or m.get("kind") not in KINDS or not isinstance(m.get("arch"), str):
+    if not isinstance(m, dict) or m.get("kind") not in kinds() or not isinstance(m.get("arch"), str):
         return "'model_args' does not name a coarse or fine model and its arch"
     if not _count(m.get("num_classes")) or m["num_classes"] < 1:
         return f"'model_args.num_classes' is {m.get('num_classes')!r}"
@@ -152,10 +158,10 @@ def check_matches(ckpt, path, kind=None, arch=None, class_ids=None):
 RESUME_ONLY = ("resume",)
 
 
-def check_resume(ckpt, path, flags, essential):
+def check_resume(saved, path, flags, essential):
     """--resume with other `essential` flags than the saved run is an error naming each difference.
+    `saved`, `flags`: the saved run's and this run's whole configs (config.StageConfig.from_args).
     Returns the other flags that changed, as '--flag old -> new' (applied from here on)."""
-    saved = ckpt["args"]
 
     def change(k):
         return f"--{k.replace('_', '-')} {saved.get(k)!r} -> {flags.get(k)!r}"

@@ -1,38 +1,25 @@
-"""Flags shared by the stage scripts, and the one way they report errors."""
+"""The command line of every stage, built from its config (fgvc/config.py), and the one way the
+stages report errors."""
 import argparse
 import math
-import os
 import signal
 
 import torch
 
 from . import dist, image, interrupt, outputs
-from .config import Runtime, TrainConfig
+from .config import RECIPE, Runtime, TrainConfig, eval_batch_size
 from .errors import UserError, fail, last_line
 
 
-def default_device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_workers():
-    return min(8, os.cpu_count() or 1)
-
-
-def add_data_args(parser, out_default):
-    g = parser.add_argument_group("data and outputs (relative paths resolve against the repo root)")
-    g.add_argument("--data", default="data/", help="dataset root with train2019.json, val2019.json, test2019.json (default: data/)")
-    g.add_argument("--out", default=out_default, help=f"output directory: checkpoint, logs, masks (default: {out_default})")
-    g.add_argument("--workers", type=int, default=default_workers(), help="data loader processes (default: min(8, cpus))")
-    g.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--max-bad-images", type=int, default=100, help="unreadable images skipped before the run stops (default: 100)")
-    add_decoding_args(g)
-    return g
-
-
-def add_amp_arg(g):
-    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), off elsewhere (bf16 emulated on an AVX2 CPU is ~10x slower than fp32); fp16 (with a GradScaler) on CUDA only (default: auto)")
+def parser(config):
+    """The argparse parser of a stage's config (fgvc/config.py): one help group a section."""
+    p = argparse.ArgumentParser(description=config.description)
+    p.config = config  # what validate() checks the parsed flags against
+    for section in config.sections:
+        g = p.add_argument_group(section.title)
+        for flag in section.flags:
+            flag.add_to(g)
+    return p
 
 
 def resolve_amp(amp, device):
@@ -44,60 +31,13 @@ def resolve_amp(amp, device):
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
 
 
-def add_decoding_args(g):
-    g.add_argument("--max-megapixels", type=float, default=100.0,
-                   help="an image whose header declares more pixels is unreadable (a decompression bomb) (default: 100)")
-    g.add_argument("--lenient-jpeg", action="store_true",
-                   help="use JPEGs that libjpeg reports as corrupt but still decodes (default: such a file is unreadable)")
-
-
-def add_model_args(parser):
-    g = parser.add_argument_group("model")
-    g.add_argument("--arch", default="senet154",
-                   help="a pretrainedmodels model name, or timm/<name> for a timm model with a spatial feature map "
-                        "(README, Backbones and weights) (default: senet154)")
-    g.add_argument("--pretrained", default=None,
-                   help="ImageNet weights file (.pth or .safetensors; never downloaded), or 'none' (default: "
-                        "res/<official file name>, e.g. res/senet154-c7b49a05.pth; timm: the packaged file, or res/<hub name>.safetensors)")
-    g.add_argument("--img-size", type=int, default=448, help="square input size (default: 448)")
-    g.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=None,
-                   help="freeze the stem and first stage (default: frozen with pretrained weights, as the original; "
-                        "nothing frozen with --pretrained none)")
-    g.add_argument("--frozen-bn", choices=("train", "eval"), default="train",
-                   help="batch norm of the frozen layers: 'train' keeps updating its statistics, as the original "
-                        "(whole network in training mode); 'eval' keeps the pretrained statistics (default: train)")
-    g.add_argument("--dropout", type=float, default=0.25, help="Dropout2d on the last feature map in training, both stages (default: 0.25)")
-    return g
-
-
-def add_train_args(parser):
-    g = parser.add_argument_group("training (defaults: the original solution)")
-    g.add_argument("--epochs", type=int, default=32, help="epochs (default: 32)")
-    g.add_argument("--batch-size", type=int, default=14, help="images per step and process; the global batch is this times the number of processes (default: 14)")
-    g.add_argument("--eval-batch-size", type=int, default=None, help="images per inference batch (default: 2 x --batch-size)")
-    g.add_argument("--lr", type=float, default=0.04, help="peak learning rate of the head, for the global batch (default: 0.04)")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd: the original's SGD with Nesterov momentum 0.9; adamw: for short runs from scratch (default: sgd)")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
-    g.add_argument("--backbone-lr-ratio", type=float, default=None, help="backbone lr / head lr (default: 0.1 with pretrained weights, as the original; 1 with --pretrained none)")
-    add_amp_arg(g)
-    g.add_argument("--seed", type=int, default=0, help="random seed: same seed, same machine, same run (default: 0)")
-    g.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint.pt")
-    g.add_argument("--save-every", type=int, default=1000, help="also save a checkpoint every N steps (default: 1000; 0: at epoch ends only)")
-    g.add_argument("--keep-epochs", action="store_true", help="also keep each epoch's weights as --out/epoch-<N>.pt (weights only; the original kept model-1 ... model-32)")
-    g.add_argument("--log-every", type=int, default=20, help="TensorBoard loss every N steps (default: 20)")
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
-    return g
-
-
 def resolve_recipe(args, pretrained):
-    """Fill in the defaults that depend on the weights: with ImageNet weights the original's recipe
-    (stem and first stage frozen, backbone at 0.1x the head's lr); from scratch (pretrained None)
-    nothing frozen and the backbone at the head's rate, since random layers frozen stay random.
-    Explicit flags win."""
-    if args.freeze is None:
-        args.freeze = pretrained is not None
-    if args.backbone_lr_ratio is None:
-        args.backbone_lr_ratio = 0.1 if pretrained is not None else 1.0
+    """Fill in the defaults that depend on the weights (config.RECIPE): with ImageNet weights the
+    original's recipe (stem and first stage frozen, backbone at 0.1x the head's lr); from scratch
+    (pretrained None) nothing frozen and the backbone at the head's rate. Explicit flags win."""
+    for name, value in RECIPE[pretrained is not None].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 
@@ -106,7 +46,7 @@ def flags_dict(args):
     flags = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, tuple)) else v) for k, v in vars(args).items()}
     flags["world_size"] = dist.world()
     if flags.get("eval_batch_size") is None and "batch_size" in flags:
-        flags["eval_batch_size"] = 2 * flags["batch_size"]
+        flags["eval_batch_size"] = eval_batch_size(flags)
     return flags
 
 
@@ -118,28 +58,6 @@ def train_config(args, device):
 def runtime(args, device, batch_size=None):
     """The Runtime of an inference pass: --batch-size (or `batch_size`), --workers, --amp on `device`."""
     return Runtime(torch.device(device), batch_size or args.batch_size, args.workers, args.amp)
-
-
-# Range of every numeric flag any stage has: (lowest, highest, lowest allowed itself).
-# Checked at start, so that nothing runs (and nothing is written) with an impossible value.
-LIMITS = {
-    "epochs": (1, None, True), "batch_size": (1, None, True), "eval_batch_size": (1, None, True),
-    "workers": (0, None, True), "img_size": (16, None, True), "resize": (16, None, True),
-    "max_bad_images": (0, None, True), "save_every": (0, None, True), "log_every": (1, None, True),
-    "seed": (0, 2**32 - 1, True), "lr": (0, None, False), "weight_decay": (0, None, True),
-    "backbone_lr_ratio": (0, None, True), "dropout": (0, 1, True), "crop_k": (0, None, False),
-    "cam_threshold": (0, 1, False), "mask_size": (32, 4096, True), "tta_factors": (0, None, False),
-    "tta_mirror_factors": (0, None, False), "tau": (0, None, True), "max_megapixels": (0, None, False),
-}
-
-
-def _check_number(name, v, lo, hi, lo_ok):
-    flag = "--" + name.replace("_", "-")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise UserError(f"{flag} {v}: not a finite number")
-    if (v < lo if lo_ok else v <= lo) or (hi is not None and v > hi):
-        rng = f"{'>=' if lo_ok else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
-        raise UserError(f"{flag} {v:g}: must be {rng}")
 
 
 def _check_sizes(args):
@@ -159,20 +77,11 @@ def _check_sizes(args):
             raise UserError(f"--{name.replace('_', '-')} {side}: {side} x {side} pixels, more than --max-megapixels {pixels / 1e6:g}")
 
 
-def validate(args):
-    """Every numeric flag within its range, and a device that exists: one line, exit 2, at start."""
-    for name, (lo, hi, lo_ok) in LIMITS.items():
-        value = getattr(args, name, None)
-        if name == "tau" and value is not None:
-            if value == "auto":
-                continue
-            try:
-                value = float(value)
-            except ValueError:
-                raise UserError(f"--tau {value!r}: a number or 'auto'") from None
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if v is not None:
-                _check_number(name, v, lo, hi, lo_ok)
+def validate(args, config):
+    """Every flag of `config` within its range, sizes that fit, and a device that exists: one line,
+    exit 2, at start."""
+    for flag in config.flags():
+        flag.check(getattr(args, flag.name, None))
     _check_sizes(args)
     device = getattr(args, "device", None)
     if device is not None:
@@ -200,7 +109,7 @@ def run(main, parser):
     parser.error = _one_line_error  # argparse's own errors: one line too, no usage block
     interrupt.install()
     try:
-        args = validate(parser.parse_args())
+        args = validate(parser.parse_args(), parser.config)
         if getattr(args, "amp", None) == "auto":
             args.amp = resolve_amp(args.amp, args.device)
         image.configure(getattr(args, "max_megapixels", None), getattr(args, "lenient_jpeg", None))

@@ -1,8 +1,8 @@
 """Training, shared by the coarse and the fine stage: `fit` wires resume, distribution, saving and
 logging around `train_one_epoch` (the loop over batches, `train_step` each) and `evaluate`.
 
-SGD with Nesterov momentum 0.9 and weight decay 5e-4; the backbone learns at
-`backbone_lr_ratio` (0.1) times the head's rate; both follow the original's per-epoch triangle.
+SGD with Nesterov momentum 0.9 and weight decay (--weight-decay); the backbone learns at
+`backbone_lr_ratio` times the head's rate; both follow the original's per-epoch triangle.
 Mixed precision with torch.autocast (bf16, or fp16 with a GradScaler); a checkpoint at the end of
 every epoch and every `save_every` steps; `resume` continues from it, mid-epoch included.
 """
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dist, interrupt
-from .checkpoint import CHECKPOINT, check_matches, check_progress, check_resume, load_checkpoint, load_weights, save_checkpoint, save_epoch_weights, unwrap
+from .checkpoint import (CHECKPOINT, check_matches, check_progress, check_resume, epoch_weights_path, load_checkpoint, load_weights,
+                         save_checkpoint, save_epoch_weights, unwrap)
 from .datasets import BadImageCounter, EpochSampler, make_loader, shard
 from .errors import BadImagesError, CheckpointError, NonFiniteLoss, UserError, first_line
 from .inference import autocast_for, predict, prepare_model, to_device
@@ -29,6 +30,15 @@ from .metrics import topk
 from .stages import STAGES
 
 LOG, TB = "log.jsonl", "tb"  # the JSON line per epoch, the TensorBoard folder
+
+
+def fit_outputs(out, keep_epochs=0):
+    """What `fit` writes into `out` (for outputs.claim): [(label, path)] of files and [(label, path)]
+    of folders. `keep_epochs`: the number of epochs whose weights --keep-epochs keeps (0: none)."""
+    out = Path(out)
+    files = [("the checkpoint", out / CHECKPOINT), ("the log", out / LOG)]
+    files += [("--keep-epochs weights", epoch_weights_path(out, e)) for e in range(1, keep_epochs + 1)]
+    return files, [("the TensorBoard folder", out / TB)]
 
 
 def seed_everything(seed):
@@ -62,8 +72,8 @@ def evaluate(model, dataset, runtime, ks=(1, 2, 3, 4, 5)):
     return {k: 1.0 - h / max(1.0, totals[-1]) for k, h in zip(ks, totals[:-1])}
 
 
-def make_optimizer(model, lr, backbone_lr_ratio, name="sgd", weight_decay=5e-4):
-    """The original's SGD (Nesterov, momentum 0.9), or AdamW for short from-scratch runs."""
+def make_optimizer(model, lr, backbone_lr_ratio, *, name, weight_decay):
+    """The original's SGD (Nesterov, momentum 0.9), or AdamW for short from-scratch runs (--optimizer)."""
     body, head = unwrap(model).param_groups()
     groups = [{"params": body, "lr_ratio": backbone_lr_ratio}, {"params": head, "lr_ratio": 1.0}]
     if name == "adamw":
@@ -185,7 +195,9 @@ def resume_from(state, steps_per_epoch):
     classes, the run's length), or with itself, is a one-line CheckpointError."""
     path, config = state.path, state.config
     ckpt = load_checkpoint(path)
-    applied = check_resume(ckpt, path, config.flags, STAGES[state.model_args["kind"]].resume_keeps)
+    stage = STAGES[state.model_args["kind"]]
+    saved, now = (vars(stage.config.from_args(f)) for f in (ckpt["args"], config.flags))  # whole configs, old checkpoints too
+    applied = check_resume(saved, path, now, stage.resume_keeps)
     if applied and dist.is_main():
         print(f"--resume: changed flags applied from here on: {'; '.join(applied)}", flush=True)
     check_matches(ckpt, path, class_ids=state.class_ids)
@@ -281,7 +293,7 @@ def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args):
     """
     out_dir, main = Path(out_dir), dist.is_main()
     model = prepare_model(model, config.device)
-    optimizer = make_optimizer(model, config.lr, config.backbone_lr_ratio, config.optimizer, config.weight_decay)
+    optimizer = make_optimizer(model, config.lr, config.backbone_lr_ratio, name=config.optimizer, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(config.device.type, enabled=config.amp == "fp16")
     state = TrainState(model, optimizer, scaler, out_dir / CHECKPOINT, config, model_args, class_ids)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world()) / config.batch_size)

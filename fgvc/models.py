@@ -1,8 +1,8 @@
 """The two heads of the method, on a backbone from the adapter (fgvc/backbones.py).
 
-CoarseNet: features -> Dropout2d(0.25) -> 1x1 conv to the classes = class activation map (CAM);
-its spatial mean is the logits. FineNet: features -> Dropout2d(0.25) -> global average pool ->
-linear. As in the original, both heads start from Kaiming-normal weights and a zero bias.
+CoarseNet: features -> Dropout2d -> 1x1 conv to the classes = class activation map (CAM);
+its spatial mean is the logits. FineNet: features -> Dropout2d -> global average pool -> linear
+(--dropout, the original's p is its default in fgvc/config.py). As in the original, both heads start from Kaiming-normal weights and a zero bias.
 Both take uint8 RGB batches: `Normalize`, their first layer, turns them into the backbone's
 input space once, on the device. Both are built on the backbone's `features()` (the last
 feature map): pretrainedmodels' `logits()` pools with a fixed 7x7 window and breaks at 448 px.
@@ -23,7 +23,7 @@ class _Net(nn.Module):
     layers' batch-norm statistics keep updating) or 'eval' (frozen layers keep their statistics).
     """
 
-    def __init__(self, arch, pretrained, freeze=True, dropout=0.25, frozen_bn="train"):
+    def __init__(self, arch, pretrained, *, freeze, dropout, frozen_bn):
         super().__init__()
         if frozen_bn not in ("train", "eval"):
             raise ValueError(f"frozen_bn {frozen_bn!r}: 'train' or 'eval'")
@@ -67,8 +67,8 @@ def init_head(layer):
 class CoarseNet(_Net):
     """The coarse classifier: its logits are the spatial mean of its class activation map."""
 
-    def __init__(self, arch, num_classes, pretrained=None, freeze=True, dropout=0.25, frozen_bn="train"):
-        super().__init__(arch, pretrained, freeze, dropout, frozen_bn)
+    def __init__(self, arch, num_classes, *, pretrained, freeze, dropout, frozen_bn):
+        super().__init__(arch, pretrained, freeze=freeze, dropout=dropout, frozen_bn=frozen_bn)
         self.head = init_head(nn.Conv2d(self.channels, num_classes, kernel_size=1))
 
     def forward_cam(self, x):
@@ -83,8 +83,8 @@ class CoarseNet(_Net):
 class FineNet(_Net):
     """The fine classifier: global average pooling and a linear layer."""
 
-    def __init__(self, arch, num_classes, pretrained=None, freeze=True, dropout=0.25, frozen_bn="train"):
-        super().__init__(arch, pretrained, freeze, dropout, frozen_bn)
+    def __init__(self, arch, num_classes, *, pretrained, freeze, dropout, frozen_bn):
+        super().__init__(arch, pretrained, freeze=freeze, dropout=dropout, frozen_bn=frozen_bn)
         self.head = init_head(nn.Linear(self.channels, num_classes))
 
     def forward(self, x):

@@ -35,17 +35,6 @@ LOCK = ".lock"
 _held = []  # (fd, lock file, directories this run created) of this process
 
 
-def fit_outputs(out, keep_epochs=0):
-    """What engine.fit writes into `out`: [(label, path)] of files and [(label, path)] of folders.
-    `keep_epochs`: the number of epochs whose weights --keep-epochs keeps (0: none)."""
-    from .checkpoint import CHECKPOINT, epoch_weights_path  # here: a lock holder needs no model code
-    from .engine import LOG, TB
-
-    files = [("the checkpoint", out / CHECKPOINT), ("the log", out / LOG)]
-    files += [("--keep-epochs weights", epoch_weights_path(out, e)) for e in range(1, keep_epochs + 1)]
-    return files, [("the TensorBoard folder", out / TB)]
-
-
 def claim(out_dir, writes, reads=(), splits=(), folders=()):
     """Check a run's outputs against its inputs, then lock them for the run (see the module doc).
 

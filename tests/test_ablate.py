@@ -1,10 +1,14 @@
 """The ablation command (bench/ablate.py): its statistics on crafted answers, the oracle masks, and
 one tiny run that writes the table and the figure."""
+import math
+
 import numpy as np
 import pytest
 from harness import call, error_line, make_dataset, stage
 
 from fgvc.annotations import load_dataset
+from fgvc.checkpoint import load_checkpoint
+from fgvc.config import FineConfig
 from fgvc.errors import UserError
 from fgvc.metrics import sign_test, wilson_interval
 
@@ -47,8 +51,17 @@ def runs(tmp_path_factory):
     data = make_dataset(tmp / "ds")
     call("coarse/train.py", "--data", data, "--out", tmp / "coarse", *TINY, "--resize", "56", "--mask-size", "32", "32",
          "--figure", tmp / "s.png")
-    call("fine/train.py", "--data", data, "--out", tmp / "fine", "--coarse", tmp / "coarse", *TINY)
+    # a baseline with a flag off its default: the retrained rows must keep it
+    call("fine/train.py", "--data", data, "--out", tmp / "fine", "--coarse", tmp / "coarse", *TINY, "--crop-centre", "on-mask",
+         "--crop-k", "1.5", "--log-every", "3")
     return tmp, data
+
+
+def binomial_two_sided(k, n):
+    """The exact two-sided p of k successes in n fair trials: the total probability of the outcomes
+    no likelier than k (the textbook definition; ablate's sign_test sums one tail and doubles it)."""
+    pmf = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    return min(1.0, sum(p for p in pmf if p <= pmf[k] * (1 + 1e-9))) if n else 1.0
 
 
 def test_ablation_writes_the_table_and_the_figure_with_intervals(runs, run_cli):
@@ -63,11 +76,23 @@ def test_ablation_writes_the_table_and_the_figure_with_intervals(runs, run_cli):
     assert names[0].startswith("16 crops, CAM masks, tau 1") and len(rows) == 11  # 10 test-time rows, 1 retrained
     assert names[-1].startswith("crops of the true boxes (oracle)")
     assert all(r.count("[") == 2 for r in rows)  # top-1 and top-5 intervals on every row
-    assert all(0 <= float(r.split("|")[6]) <= 1 for r in rows[1:])  # a sign-test p-value against the default
+    n = 3 * 3  # test images of make_dataset
+    for r in rows[1:]:  # the difference and the sign test against the default, from the row's own counts
+        cells = [c.strip() for c in r.split("|")]
+        better, worse = map(int, cells[5].split(" / "))
+        assert float(cells[4].split()[0]) == pytest.approx((worse - better) / n, abs=5e-4)
+        assert float(cells[6]) == pytest.approx(binomial_two_sided(better, better + worse), rel=5e-3)
     assert (tmp / "fig" / "ablation.png").stat().st_size > 5000
     assert "about" in out and "min left" in out  # a progress line per run
     oracle = np.load(tmp / "work" / "oracle" / "coarse" / "masks_test.npz")["masks"]
     assert oracle.shape[1:] == (32, 32) and 0 < oracle.mean() < 0.5
+    # the retrained row replays every flag of the baseline (--crop-centre on-mask included), only
+    # where it reads and writes, and this machine's device and workers, changed
+    base = vars(FineConfig.from_args(load_checkpoint(tmp / "fine" / "checkpoint.pt")["args"]))
+    again = vars(FineConfig.from_args(load_checkpoint(tmp / "work" / "oracle" / "fine" / "checkpoint.pt")["args"]))
+    assert again["crop_centre"] == "on-mask" and again["crop_k"] == 1.5 and again["log_every"] == 3
+    moved = {"coarse", "out", "save_every", "resume", "device", "workers"}
+    assert {k for k in base if base[k] != again[k]} <= moved
 
 
 def test_a_dataset_without_hidden_labels_is_refused(runs, run_cli, tmp_path):
