@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -353,6 +354,15 @@ def test_amp_auto_is_bf16_only_where_it_is_native():
     from fgvc.cli import resolve_amp
 
     assert resolve_amp("off", "cpu") == "off" and resolve_amp("bf16", "cpu") == "bf16"
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert resolve_amp("auto", "cpu") == ("bf16" if native else "off")
     assert resolve_amp("auto", "cuda") == "bf16"
+    # the CPU's own flags, read independently of torch: no AVX-512 at all -> fp32; native bf16 -> bf16
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.read_text().splitlines() if l.startswith("flags")), []))
+    if not any(f.startswith("avx512") for f in flags):
+        assert resolve_amp("auto", "cpu") == "off"
+    elif {"avx512_bf16", "amx_bf16"} & flags:
+        assert resolve_amp("auto", "cpu") == "bf16"
+    else:
+        pytest.skip("AVX-512 without native bf16: either answer is defensible")
