@@ -22,8 +22,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .crop import CENTRES, TTA_FACTORS, TTA_MIRROR_FACTORS
+from .crop import CENTRES, TRAIN_K, TTA_FACTORS, TTA_MIRROR_FACTORS
 from .errors import UserError
+from .transforms import ROTATIONS
 
 _UNSET = object()
 
@@ -274,14 +275,14 @@ RESIZE = 512  # the original's short side before the random crop, and of the who
 COARSE_AUGMENTATION = Section("coarse augmentation", (
     Flag("resize", int, None, "short side before the random crop, and of the whole images localized", range=SIZE, keep=True,
          shown=f"{RESIZE}; with --localize-only, the checkpoint's", absent=RESIZE),
-    Flag("rotation", str, "original", "original: integer angle in [-15, 14], border filled with the mean colour; "
-         "smooth: continuous angle, reflected border", choices=("original", "smooth"), keep=True),
+    Flag("rotation", str, ROTATIONS[0], "original: integer angle in [-15, 14], border filled with the mean colour; "
+         "smooth: continuous angle, reflected border", choices=ROTATIONS, keep=True),
 ))
 
 FINE_CROPS = Section("fine crops", (
-    Flag("crop_k", float, 2.0, "crop side = sqrt(k * mask area) in training", range=POSITIVE, keep=True, shown="2"),
+    Flag("crop_k", float, TRAIN_K, "crop side = sqrt(k * mask area) in training", range=POSITIVE, keep=True, shown=f"{TRAIN_K:g}"),
     # checkpoints older than the flag were trained with the on-mask rule
-    Flag("crop_centre", str, "original", "original: row and column drawn independently from the middle thirds of the mask's "
+    Flag("crop_centre", str, CENTRES[0], "original: row and column drawn independently from the middle thirds of the mask's "
          "rows and columns (may fall off the mask); on-mask: one mask pixel", choices=CENTRES, keep=True, absent="on-mask"),
 ))
 

@@ -18,7 +18,8 @@ import torch
 
 from .transforms import resize, to_tensor
 
-CENTRES = ("original", "on-mask")
+CENTRES = ("original", "on-mask")  # the first is the original's rule, the default
+TRAIN_K = 2.0  # the original's area factor in training
 
 
 def _middle_third(n, rng):
@@ -28,7 +29,7 @@ def _middle_third(n, rng):
     return (lo + hi) // 2 if rng is None else int(rng.integers(lo, hi))
 
 
-def crop_box(mask, width, height, k=2.0, rng=None, *, centre="original", min_pixels=10, min_side=10):
+def crop_box(mask, width, height, k=TRAIN_K, rng=None, *, centre=CENTRES[0], min_pixels=10, min_side=10):
     """Box (x0, y0, x1, y1), in pixels of a width x height image, for a mask over that image.
 
     `mask` is a binary (h, w) array covering the whole image at any resolution. With rng=None
@@ -64,7 +65,7 @@ class CropTransform:
     evaluation the centre is the middle of the middle third and there is no flip.
     """
 
-    def __init__(self, size, k=2.0, train=True, centre="original", box=crop_box):
+    def __init__(self, size, k=TRAIN_K, train=True, centre=CENTRES[0], box=crop_box):
         self.size, self.k, self.train, self.centre, self.box = size, k, train, centre, box
 
     def __call__(self, img, mask, rng):
@@ -90,7 +91,7 @@ class MultiCropTransform:
     give different crops. Returns a uint8 tensor (n_crops, 3, size, size).
     """
 
-    def __init__(self, size, factors=TTA_FACTORS, mirror_factors=TTA_MIRROR_FACTORS, centre="original", box=crop_box):
+    def __init__(self, size, factors=TTA_FACTORS, mirror_factors=TTA_MIRROR_FACTORS, centre=CENTRES[0], box=crop_box):
         self.size, self.factors, self.mirror_factors, self.centre, self.box = size, tuple(factors), tuple(mirror_factors), centre, box
 
     def __call__(self, img, mask, rng):

@@ -56,10 +56,10 @@ def _scale(sx, sy):
     return np.array([[1 / sx, 0, 0.5 / sx - 0.5], [0, 1 / sy, 0.5 / sy - 0.5], [0, 0, 1]])
 
 
-ROTATIONS = ("original", "smooth")
+ROTATIONS = ("original", "smooth")  # the first is the original's rule, the default
 
 
-def rotation_angle(rng, max_rotation, rotation="original"):
+def rotation_angle(rng, max_rotation, rotation=ROTATIONS[0]):
     """'original': an integer in [-max, max - 1] (numpy's randint(-15, 15)); 'smooth': uniform."""
     if not max_rotation:
         return 0.0
@@ -68,7 +68,7 @@ def rotation_angle(rng, max_rotation, rotation="original"):
     return float(rng.uniform(-max_rotation, max_rotation))
 
 
-def train_warp(w, h, short, size, rng, *, max_rotation=15, rotation="original"):
+def train_warp(w, h, short, size, rng, *, max_rotation=15, rotation=ROTATIONS[0]):
     """The 3x3 map from output pixels to source pixels of the training augmentation.
 
     Draws from `rng` in the order of the steps it replaces: angle (when max_rotation), crop y,
@@ -148,7 +148,7 @@ class TrainTransform:
     """The coarse stage's augmentation. `fill` is the backbone's mean pixel (uint8 RGB, backbones.mean_pixel):
     the colour of the grid mask's cells and, under rotation='original', of the rotation's border."""
 
-    def __init__(self, size, short, fill, *, max_rotation=15, grid=7, keep=0.9, rotation="original"):
+    def __init__(self, size, short, fill, *, max_rotation=15, grid=7, keep=0.9, rotation=ROTATIONS[0]):
         if rotation not in ROTATIONS:
             raise ValueError(f"rotation {rotation!r}: one of {ROTATIONS}")
         self.size, self.short, self.max_rotation, self.rotation = size, short, max_rotation, rotation

@@ -1,6 +1,5 @@
 """The original's behaviour, item by item (README, "Differences from the original"): each test
 pins one point where this repository does what the original's code does by default."""
-import argparse
 import math
 
 import cv2
@@ -13,7 +12,7 @@ from fgvc import cli
 from fgvc.annotations import Split
 from fgvc.backbones import Normalize, imagenet_settings
 from fgvc.cam import localize
-from fgvc.config import Runtime
+from fgvc.config import CoarseConfig, Runtime
 from fgvc.crop import MultiCropTransform, crop_box
 from fgvc.datasets import ImageDataset
 from fgvc.stages import build_model
@@ -200,10 +199,7 @@ def test_aspect_kept_localization_maps_back_to_the_right_region(tmp_path):
 # ---------------------------------------------------------------- from scratch
 
 def recipe(*flags):
-    p = argparse.ArgumentParser()
-    cli.add_model_args(p)
-    cli.add_train_args(p)
-    args = p.parse_args(list(flags))
+    args = cli.parser(CoarseConfig).parse_args(list(flags))
     pretrained = None if args.pretrained == "none" else "res/x.pth"
     return cli.resolve_recipe(args, pretrained)
 
