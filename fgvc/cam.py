@@ -13,7 +13,7 @@ from tqdm import tqdm
 from . import dist
 from .datasets import BadImageCounter, by_size, make_loader, shard, size_groups
 from .errors import BadImagesError
-from .inference import autocast_for, to_device
+from .inference import autocast_for, fixed_algorithms, to_device
 
 
 def cams_to_masks(cams, threshold):
@@ -28,6 +28,7 @@ def cams_to_masks(cams, threshold):
 
 
 @torch.inference_mode()
+@fixed_algorithms()  # no cuDNN autotuning per distinct shape
 def localize(model, dataset, runtime, *, mask_size, threshold, use_labels, keep_cams=False, max_bad=100):
     """One forward pass per image: logits and CAM together. Returns (masks (N, h, w) uint8, cams).
 
@@ -65,9 +66,12 @@ def localize(model, dataset, runtime, *, mask_size, threshold, use_labels, keep_
             cams[idx.numpy()] = cam.cpu().numpy().astype(np.float16)
         if not ok.all():
             bad.add(idx[~ok].tolist())
-            bad.check(len(bad.rows))
+            if len(bad.rows) > max_bad:
+                break  # past the limit on this process alone: stop reading; all raise together below
+    total_bad = dist.all_sum([float(len(bad.rows))], device)[0]  # every process, before anyone raises
+    bad.check(total_bad)
     bad.report()
-    if len(dataset) and dist.all_sum([float(len(bad.rows))], device)[0] >= len(dataset):
+    if len(dataset) and total_bad >= len(dataset):
         raise BadImagesError(f"{dataset.split.json_path}: no readable image among its {len(dataset)}; no masks written")
     if dist.enabled():
         parts = dist.all_gather_objects((rows, masks[rows], cams[rows] if keep_cams else None))

@@ -37,18 +37,30 @@ def _plain(value):
     return value
 
 
+def on_cpu(value):
+    """Every tensor of a (nested) state moved to the CPU: a checkpoint made on a GPU loads with a
+    plain torch.load on a machine without one."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v) for v in value)
+    return value
+
+
 def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
 def save_checkpoint(path, model, *, args, model_args, class_ids, optimizer=None, scaler=None, progress=(0, 0, 0)):
-    """Write the checkpoint atomically. `progress`: (epochs completed, optimizer steps so far,
+    """Write the checkpoint atomically, every tensor on the CPU. `progress`: (epochs completed, optimizer steps so far,
     steps into the epoch in progress); `args`: the run's flags (TrainConfig.flags)."""
     epoch, step, step_in_epoch = progress
     state = {
         "format": FORMAT,
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "model": on_cpu(unwrap(model).state_dict()),
+        "optimizer": on_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
         "step": step,
@@ -69,7 +81,7 @@ def epoch_weights_path(out_dir, epoch):
 def save_epoch_weights(out_dir, epoch, model):
     """--keep-epochs: the model's state dict alone after `epoch` (the original's model-<epoch>)."""
     buf = io.BytesIO()
-    torch.save(unwrap(model).state_dict(), buf)
+    torch.save(on_cpu(unwrap(model).state_dict()), buf)
     atomic_write(epoch_weights_path(out_dir, epoch), lambda f: f.write(buf.getbuffer()))
 
 

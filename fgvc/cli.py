@@ -6,7 +6,7 @@ import signal
 
 import torch
 
-from . import dist, image, interrupt, outputs
+from . import devices, dist, image, interrupt, outputs
 from .config import RECIPE, Runtime, TrainConfig, eval_batch_size
 from .errors import UserError, fail, last_line
 
@@ -83,18 +83,8 @@ def validate(args, config):
     for flag in config.flags():
         flag.check(getattr(args, flag.name, None))
     _check_sizes(args)
-    device = getattr(args, "device", None)
-    if device is not None:
-        try:
-            d = torch.device(device)
-        except (RuntimeError, ValueError):
-            raise UserError(f"--device {device!r}: not a device (cpu, cuda, cuda:N)") from None
-        if d.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
-        if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
-        if d.type not in ("cpu", "cuda"):
-            raise UserError(f"--device {device}: only cpu and cuda are supported")
+    if getattr(args, "device", None) is not None:
+        args.device = devices.resolve(args.device)  # auto -> cpu / cuda; cuda where unusable: exit 2
     return args
 
 

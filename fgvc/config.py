@@ -190,7 +190,8 @@ class StageConfig:
 # ---------------------------------------------------------------- values computed from others
 
 def default_device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """--device's default, resolved at start by fgvc.devices.resolve."""
+    return "auto"
 
 
 def default_workers():
@@ -227,7 +228,9 @@ def _stage_kinds():
 
 COUNT, POSITIVE, SIZE = Range(1), Range(0, lo_inclusive=False), Range(16)
 WORKERS = Flag("workers", int, default_workers, "data loader processes", range=Range(0), shown="min(8, cpus)")
-DEVICE = Flag("device", str, default_device, "cuda or cpu", shown="cuda when available")
+DEVICE = Flag("device", str, default_device, "auto, cpu, cuda or cuda:N; auto: cuda when torch can use it, else cpu, but where "
+              "an NVIDIA GPU is present that torch cannot use, a one-line error naming the driver / CUDA mismatch instead of a "
+              "silent CPU run (--device cpu runs on the CPU anyway)", shown="auto")
 AMP = Flag("amp", str, "auto", "autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), "
            "off elsewhere (bf16 emulated on an AVX2 CPU is ~10x slower than fp32); fp16 (with a GradScaler) on CUDA only",
            choices=("auto", "bf16", "fp16", "off"), keep=True)
@@ -303,7 +306,8 @@ TRAIN = Section("training (defaults: the original solution)", (
     Flag("save_every", int, 1000, "also save a checkpoint every N steps (0: at epoch ends only)", range=Range(0), absent=0),
     Flag("keep_epochs", None, False, "also keep each epoch's weights as --out/epoch-<N>.pt (weights only; the original kept "
          "model-1 ... model-32)", switch="on"),
-    Flag("log_every", int, 20, "TensorBoard loss every N steps", range=COUNT),
+    Flag("log_every", int, 20, "read the loss, counters and stop requests from the device, and log the loss, every N steps "
+         "(and at epoch ends); in between the training loop never waits on the device", range=COUNT),
     Flag("sync_bn", None, False, "SyncBatchNorm across processes under torchrun", switch="on", keep=True),
 ))
 

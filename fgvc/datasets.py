@@ -1,7 +1,9 @@
 """torch Datasets over a Split, the epoch sampler, and the data loader.
 
-Every sample carries its own random generator, seeded by (seed, epoch, index): augmentations do
-not depend on the number of workers, on the process, or on where a resumed run starts.
+Every sample carries its own random generator, seeded by (seed, epoch, index, rank) in training
+and (seed, 0, index) in inference: augmentations do not depend on the number of workers or on
+where a resumed run starts; under torchrun a process draws its own augmentation and grid mask
+(rank 0 draws what a single process draws), and inference draws the same anywhere.
 An unreadable image does not crash a worker: the sample comes back with ok=False (and a blank
 tensor of the right shape), and the engine leaves it out and counts it. Any other error in reading
 or transforming an image is a SampleError naming the json and the file (one line in the CLI).
@@ -38,9 +40,9 @@ class ImageDataset(Dataset):
         return self.transform(img, rng) if mask is None else self.transform(img, mask, rng)
 
     def __getitem__(self, item):
-        epoch, i = item if isinstance(item, tuple) else (0, item)
+        epoch, i, rank = (*item, 0)[:3] if isinstance(item, tuple) else (0, item, 0)
         label = -1 if self.split.labels is None else int(self.split.labels[i])
-        rng = np.random.default_rng([self.seed, epoch, i])
+        rng = np.random.default_rng([self.seed, epoch, i, rank])  # a trailing rank 0 leaves the seed as [seed, epoch, i]
         try:
             img = read_rgb(self.split.path(i), cache=self.cache)
             return self._apply(img, None if self.masks is None else self.masks[i], rng), label, i, True
@@ -82,7 +84,8 @@ def shard(n, rank, world):
 class EpochSampler(Sampler):
     """Training order: a permutation seeded by (seed, epoch), padded to a multiple of `world` so
     every process runs the same number of steps, dealt out rank by rank; `start` skips the samples
-    this process already saw in the epoch (resume mid-epoch). Yields (epoch, index) pairs."""
+    this process already saw in the epoch (resume mid-epoch). Yields (epoch, index, rank): the
+    sample's augmentation is drawn per process (ImageDataset)."""
 
     def __init__(self, n, seed=0, rank=0, world=1):
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
@@ -99,7 +102,7 @@ class EpochSampler(Sampler):
         return perm[self.rank :: self.world]
 
     def __iter__(self):
-        return iter([(self.epoch, i) for i in self._mine()[self.start :]])
+        return iter([(self.epoch, i, self.rank) for i in self._mine()[self.start :]])
 
     def __len__(self):
         return max(0, math.ceil(self.n / self.world) - self.start)

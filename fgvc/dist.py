@@ -9,18 +9,25 @@ import os
 import torch
 import torch.distributed as dist
 
+from . import devices
 
-def setup(device_arg, timeout_s=600):
-    """Join the torchrun group if there is one; return the torch.device for this process."""
-    device = torch.device(device_arg)
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+def setup(device_arg, timeout_s=600, announce=True):
+    """Join the torchrun group if there is one; return the torch.device for this process, made
+    the current CUDA device (a single-process `--device cuda:1` opens no context on GPU 0), and
+    print (main process) the line that says where the stage runs (fgvc.devices.describe)."""
+    device = torch.device(devices.resolve(device_arg) if str(device_arg) == "auto" else device_arg)
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) >= 2:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    elif device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    if announce and is_main():
+        print(devices.describe(device, world()), flush=True)
     return device
 
 
@@ -46,11 +53,21 @@ def barrier():
 
 
 def all_sum(values, device):
-    """Sum a list of floats over all processes."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    """Sum a list of numbers (floats, or 0-d tensors already on `device`) over all processes:
+    one collective and one device-to-host read."""
+    t = torch.stack([v.to(torch.float64) if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64, device=device)
+                     for v in values]) if any(torch.is_tensor(v) for v in values) else torch.tensor(values, dtype=torch.float64, device=device)
     if enabled():
         dist.all_reduce(t)
     return t.tolist()
+
+
+def all_min(value, device):
+    """The smallest of one number over all processes."""
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    if enabled():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.item()
 
 
 def all_gather_objects(obj):

@@ -140,10 +140,11 @@ class Logger:
             self.tb.close()
 
 
-def step_seed(seed, epoch, step_in_epoch):
-    """The torch seed of one training step (dropout): a run resumed at any step draws what the
-    uninterrupted run drew there."""
-    return int(np.random.SeedSequence([seed, epoch, step_in_epoch]).generate_state(1, np.uint64)[0] >> 1)
+def step_seed(seed, epoch, step_in_epoch, rank=0):
+    """The torch seed of one training step (dropout), per (seed, epoch, step, rank): a run resumed
+    at any step draws what the uninterrupted run drew there, and under torchrun each process draws
+    its own dropout (rank 0 draws what a single process draws: a trailing 0 leaves SeedSequence as is)."""
+    return int(np.random.SeedSequence([seed, epoch, step_in_epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def train_step(model, x, y, *, optimizer, scaler=None, autocast=None, weight=None):
@@ -233,49 +234,103 @@ def stop_if_asked(votes):
         raise interrupt.Stopped(signum, interrupt.stop_message(signum))
 
 
+class Tally:
+    """The loss of the steps since the last read, kept on the device with the step of the first
+    non-finite one: the loop never waits for the device. `read` is one collective and one
+    device-to-host transfer for a whole window of steps (every --log-every steps, before a save,
+    at the epoch's end), and carries the stop vote and the unreadable-image count with it."""
+
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+
+    def reset(self):
+        self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.n, self.steps = 0, 0
+
+    def add(self, loss, n, step_in_epoch):
+        """One step's mean loss over its `n` readable images (n = 0: a zero-weight step)."""
+        self.steps += 1
+        if n:
+            loss = loss.detach().to(torch.float64)
+            self.loss += loss * n
+            fresh = (self.first_bad < 0) & ~torch.isfinite(loss)
+            self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step_in_epoch), self.first_bad)
+            self.n += n
+
+    def read(self, n_bad, vote):
+        """(loss sum, images, unreadable images, stop votes), summed over all processes, and the
+        first non-finite step of the window (0-based in the epoch, the earliest of any process) or
+        None; then starts a new window."""
+        loss, n, bad, votes, nonfinite = dist.all_sum(
+            [self.loss, self.n, n_bad, float(vote), (self.first_bad >= 0).to(torch.float64)], self.device)
+        first = None
+        if nonfinite > 0:
+            mine = self.first_bad.item()
+            first = int(dist.all_min(mine if mine >= 0 else math.inf, self.device))
+        self.reset()
+        return loss, n, bad, votes, first
+
+
 def train_one_epoch(state, loader, *, epoch, skip, steps_per_epoch, bad, logger):
     """One epoch from its step `skip`: returns (summed loss, images seen). Saves every `save_every`
-    steps; on SIGTERM / SIGUSR1 saves at the step and raises interrupt.Stopped."""
+    steps; on SIGTERM / SIGUSR1 saves at the next read of the tallies (Tally) and raises
+    interrupt.Stopped. The host reads the device only every `log_every` steps, before a save and
+    at the epoch's end, so that it can queue the next steps ahead."""
     config, device, main = state.config, state.config.device, dist.is_main()
     autocast = autocast_for(device, config.amp)
     lr = state.optimizer.param_groups[-1]["lr"]  # the head's
     state.model.train()
     loss_sum, seen, t0 = 0.0, 0, time.time()
     bar = tqdm(loader, total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not main, dynamic_ncols=True)
-    step_in_epoch = skip
+    step_in_epoch, tally, rank = skip, Tally(device), dist.rank()
     for x, y, idx, ok in bar:
         interrupt.progress(where=f"epoch {epoch + 1}/{config.epochs}, step {step_in_epoch + 1} of {steps_per_epoch}")
-        if not ok.all():
-            bad.add(idx[~ok].tolist())
-        use = ok if ok.any() else torch.ones_like(ok)  # a batch of unreadable images only: a zero-loss step
-        x, y = to_device(x[use], device), y[use].to(device, non_blocking=True)
-        torch.manual_seed(step_seed(config.seed, epoch, step_in_epoch))  # dropout
+        ok = ok.numpy()  # host flags: no device involved
+        n = int(ok.sum())
+        if n < len(ok):
+            bad.add(idx.numpy()[~ok])
+            use = torch.from_numpy(ok if n else np.ones_like(ok))  # a batch of unreadable images only: a zero-loss step
+            x, y = x[use], y[use]
+        x, y = to_device(x, device), y.to(device, non_blocking=True)  # all readable: the pinned batch itself
+        torch.manual_seed(step_seed(config.seed, epoch, step_in_epoch, rank))  # dropout
         loss = train_step(state.model, x, y, optimizer=state.optimizer, scaler=state.scaler, autocast=autocast,
-                          weight=None if ok.any() else 0.0)
+                          weight=None if n else 0.0)
+        tally.add(loss, n, step_in_epoch)
         state.step += 1
         step_in_epoch += 1
-        batch_loss, batch_n, n_bad, votes = dist.all_sum(
-            [loss.item() * len(y) if ok.any() else 0.0, float(ok.sum()), float(len(bad.rows)), float(interrupt.requested() is not None)], device)
-        if not math.isfinite(batch_loss):
+        save_due = bool(config.save_every) and state.step % config.save_every == 0 and step_in_epoch < steps_per_epoch
+        if not (save_due or step_in_epoch % config.log_every == 0 or step_in_epoch == steps_per_epoch):
+            continue
+        window = tally.steps
+        w_loss, w_n, n_bad, votes, first_bad = tally.read(len(bad.rows), interrupt.requested() is not None)
+        if first_bad is not None:
             kept = f"the last good checkpoint {state.path} is kept" if state.path.exists() else "no checkpoint was written yet"
             raise NonFiniteLoss(
-                f"non-finite loss ({batch_loss / max(1.0, batch_n)}) at epoch {epoch + 1}, step {step_in_epoch} of the epoch "
-                f"(global step {state.step}); {kept}. Lower --lr or try --amp off"
-            )
-        bad.check(n_bad)
-        loss_sum += batch_loss
-        seen += batch_n
+                f"non-finite loss ({w_loss / max(1.0, w_n)}) at epoch {epoch + 1}, step {first_bad + 1} of the epoch "
+                f"(global step {state.step - (step_in_epoch - first_bad) + 1}; read after step {step_in_epoch}); {kept}. "
+                "Lower --lr or try --amp off")
+        bad.check(n_bad)  # the sum over all processes: every process raises together
+        loss_sum += w_loss
+        seen += w_n
         if main:
-            bar.set_postfix(loss=f"{batch_loss / max(1.0, batch_n):.3f}", lr=f"{lr:.2e}", img_s=f"{seen / max(1e-9, time.time() - t0):.1f}")
-            if state.step % config.log_every == 0:
-                logger.scalar("train/loss", batch_loss / max(1.0, batch_n), state.step)
+            bar.set_postfix(loss=f"{w_loss / max(1.0, w_n):.3f}", lr=f"{lr:.2e}", img_s=f"{seen / max(1e-9, time.time() - t0):.1f}")
+            if window:
+                logger.scalar("train/loss", w_loss / max(1.0, w_n), state.step)
         if votes > 0:
             state.save(epoch, step_in_epoch)
             bar.close()
             stop_if_asked(votes)
-        if config.save_every and state.step % config.save_every == 0 and step_in_epoch < steps_per_epoch:
+        if save_due:
             state.save(epoch, step_in_epoch)
     bar.close()
+    if tally.steps:  # the loader ended early (never, with EpochSampler): read what is left
+        w_loss, w_n, n_bad, _, first_bad = tally.read(len(bad.rows), False)
+        if first_bad is not None:
+            raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {first_bad + 1} of the epoch. Lower --lr or try --amp off")
+        bad.check(n_bad)
+        loss_sum, seen = loss_sum + w_loss, seen + w_n
     if skip < steps_per_epoch and seen == 0:
         raise BadImagesError(f"{loader.dataset.split.json_path}: no readable image in epoch {epoch + 1} "
                              f"({len(bad.rows)} unreadable of {len(loader.dataset)}); nothing to train on")
@@ -299,9 +354,10 @@ def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args):
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world()) / config.batch_size)
 
     start_epoch, skip = 0, 0
-    if state.path.exists() and not config.resume:
+    exists = dist.broadcast_object(state.path.exists())  # rank 0 decides: the ranks may not share one view of --out
+    if exists and not config.resume:
         raise CheckpointError(f"{state.path} exists: pass --resume to continue that run, or choose another --out")
-    if config.resume and state.path.exists():
+    if config.resume and exists:
         start_epoch, skip = resume_from(state, steps_per_epoch)
         interrupt.progress(saved=f"{state.path} (epoch {start_epoch}, step {skip} into the next)")
         if main:

@@ -3,7 +3,7 @@ device placement, autocast, batched prediction over a dataset, and scoring a spl
 processes (under torchrun each process scores a shard and the pieces are gathered)."""
 import ctypes
 import ctypes.util
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import numpy as np
@@ -56,6 +56,19 @@ def prepare_model(model, device):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return model.to(device, memory_format=torch.channels_last)
+
+
+@contextmanager
+def fixed_algorithms():
+    """cudnn.benchmark off inside: a pass over images of many sizes (localization's aspect buckets,
+    several batch sizes each) would otherwise autotune every convolution again for every new shape,
+    on every process. What it computes is the same; it is put back on the way out."""
+    was = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = was
 
 
 def to_device(x, device):

@@ -123,13 +123,13 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_checkpoint(dataset, tmp_pat
 def test_epoch_sampler_shards_and_skips():
     s = EpochSampler(10, seed=3, rank=0, world=1)
     s.set_epoch(1)
-    full = [i for _, i in s]
+    full = [i for _, i, *_ in s]
     assert sorted(full) == list(range(10))
     s.set_epoch(1, start=4)
-    assert [i for _, i in s] == full[4:]
+    assert [i for _, i, *_ in s] == full[4:]
     parts = []
     for r in range(3):
         t = EpochSampler(10, seed=3, rank=r, world=3)
         t.set_epoch(1)
-        parts.append([i for _, i in t])
+        parts.append([i for _, i, *_ in t])
     assert all(len(p) == 4 for p in parts) and set(sum(parts, [])) == set(range(10))

@@ -66,7 +66,7 @@ BAD_FLAGS = [
     ("coarse/train.py", ["--lr", "nan"], "--lr nan: not a finite number"),
     ("coarse/train.py", ["--dropout", "1.5"], "--dropout 1.5: must be >= 0 and <= 1"),
     ("coarse/train.py", ["--mask-size", "16", "16"], "--mask-size 16: must be >= 32 and <= 4096"),
-    ("coarse/train.py", ["--device", "foo"], "--device 'foo': not a device (cpu, cuda, cuda:N)"),
+    ("coarse/train.py", ["--device", "foo"], "--device 'foo': not a device (auto, cpu, cuda, cuda:N)"),
     ("fine/train.py", ["--crop-k", "0"], "--crop-k 0: must be > 0"),
     ("coarse/train.py", ["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
 ]
@@ -85,7 +85,7 @@ def test_impossible_flags_are_refused_at_start(tmp_path, run_cli, script, flags,
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_cuda_without_a_gpu_is_refused(tmp_path, run_cli):
     code, _, err = run_cli("coarse/train.py", "--data", tmp_path, "--out", tmp_path / "o", "--device", "cuda")
-    assert code == 2 and "no CUDA device is available here" in error_line(err)
+    assert code == 2 and "--device cuda: CUDA is not usable here" in error_line(err) and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- dataset files

@@ -1,0 +1,261 @@
+"""The GPU path, tested on the CPU (issue 20): the device stated and checked, per-rank randomness,
+no per-step host sync, localization without per-shape autotuning, ranks that agree."""
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from harness import ROOT, TINY, error_line, run_script
+
+import fgvc.dist as fdist
+import fgvc.engine as engine
+from fgvc import devices
+from fgvc.annotations import load_dataset
+from fgvc.cam import localize
+from fgvc.checkpoint import on_cpu
+from fgvc.config import Runtime, TrainConfig
+from fgvc.datasets import ImageDataset
+from fgvc.errors import BadImagesError, CheckpointError, UserError
+from fgvc.stages import build_model, model_args
+from fgvc.transforms import ShortSideTransform, TrainTransform
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+
+
+# ---------------------------------------------------------------- 1. the device, stated and checked
+
+@no_cuda
+def test_auto_is_the_cpu_with_its_reason_when_no_nvidia_gpu(monkeypatch):
+    monkeypatch.setattr(devices, "nvidia_gpu", lambda: (False, None))
+    assert devices.resolve("auto") == "cpu"
+    line = devices.describe("cpu")
+    assert line.startswith("device: cpu (CUDA not used: ") and f"torch {torch.__version__}" in line
+
+
+@no_cuda
+def test_a_gpu_torch_cannot_use_is_refused_unless_cpu_is_asked_for(monkeypatch):
+    monkeypatch.setattr(devices, "nvidia_gpu", lambda: (True, "535.104.05"))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(UserError) as e:
+        devices.resolve("auto")
+    msg = str(e.value)
+    assert "driver 535.104.05" in msg and "CUDA 13.0" in msg and ">= 580" in msg
+    assert "--index-url https://download.pytorch.org/whl/cu126" in msg and "--device cpu" in msg and "\n" not in msg
+    with pytest.raises(UserError, match="--device cuda: CUDA is not usable here: an NVIDIA GPU is present"):
+        devices.resolve("cuda")
+    assert devices.resolve("cpu") == "cpu" and devices.describe("cpu").startswith("device: cpu (--device cpu)")
+
+
+@no_cuda
+def test_cuda_here_is_one_line_and_exit_2(tmp_path, run_cli):
+    for script in ("coarse/train.py", "fine/train.py", "test.py"):
+        code, _, err = run_cli(script, "--data", tmp_path, "--device", "cuda")
+        assert code == 2 and error_line(err).startswith("error: --device cuda: CUDA is not usable here")
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_every_stage_states_its_device(tmp_path, run_cli):
+    from harness import make_dataset
+
+    data = make_dataset(tmp_path / "ds", per_class=(3, 2, 2))
+    tiny = [*TINY, "--img-size", "48", "--resize", "56", "--mask-size", "32", "32", "--epochs", "1"]
+    code, out, _ = run_cli("coarse/train.py", "--data", data, "--out", tmp_path / "c", *tiny)
+    assert code == 0 and "device: cpu (--device cpu), torch " in out
+    code, out, _ = run_cli("fine/train.py", "--data", data, "--coarse", tmp_path / "c", "--out", tmp_path / "f",
+                           *[a for a in tiny if a not in ("--resize", "56", "--mask-size", "32")])
+    assert code == 0 and "device: cpu (--device cpu)" in out
+    code, out, _ = run_cli("test.py", "--data", data, "--coarse", tmp_path / "c", "--fine", tmp_path / "f", "--device", "cpu",
+                           "--workers", "0", "--amp", "off", "--submission", tmp_path / "s.csv")
+    assert code == 0 and "device: cpu (--device cpu)" in out
+
+
+# ---------------------------------------------------------------- 2. per-rank randomness
+
+def test_step_seed_differs_by_rank_and_rank_0_is_the_single_process_seed():
+    old = int(np.random.SeedSequence([7, 2, 5]).generate_state(1, np.uint64)[0] >> 1)  # before ranks counted
+    assert engine.step_seed(7, 2, 5) == engine.step_seed(7, 2, 5, rank=0) == old
+    assert len({engine.step_seed(7, 2, 5, rank=r) for r in range(8)}) == 8
+
+
+def test_augmentation_differs_by_rank_and_rank_0_is_the_single_process_draw(dataset):
+    _, splits = load_dataset(dataset, splits=("train",))
+    ds = ImageDataset(splits["train"], TrainTransform(48, 56, fill=(124, 116, 104)), seed=3)
+    single, r0, r1 = ds[(1, 4)][0], ds[(1, 4, 0)][0], ds[(1, 4, 1)][0]
+    assert torch.equal(single, r0) and not torch.equal(r0, r1)
+    assert torch.equal(ds[(1, 4, 1)][0], r1)  # reproducible per (seed, epoch, index, rank)
+
+
+DRAW = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from fgvc import dist
+from fgvc.engine import step_seed
+dist.setup("cpu")
+torch.manual_seed(step_seed(0, 1, 3, dist.rank()))
+mask = torch.nn.Dropout2d(0.25)(torch.ones(1, 64, 2, 2))[0, :, 0, 0] > 0
+draws = dist.all_gather_objects(mask.tolist())
+if dist.is_main():
+    open({out!r}, "w").write(repr(draws))
+"""
+
+
+def test_two_gloo_processes_draw_different_dropout(tmp_path):
+    script = tmp_path / "draw.py"
+    script.write_text(DRAW.format(root=str(ROOT), out=str(tmp_path / "draws.txt")))
+    run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, timeout=300)
+    a, b = eval((tmp_path / "draws.txt").read_text())
+    torch.manual_seed(engine.step_seed(0, 1, 3))
+    single = (torch.nn.Dropout2d(0.25)(torch.ones(1, 64, 2, 2))[0, :, 0, 0] > 0).tolist()
+    assert a == single and a != b
+
+
+# ---------------------------------------------------------------- 3. no per-step host sync
+
+@pytest.fixture
+def small(tmp_path):
+    from harness import make_dataset
+
+    return make_dataset(tmp_path / "small", per_class=(4, 1, 1))  # 12 train images: 6 steps of 2
+
+
+def _config(**kw):
+    c = dict(epochs=1, batch_size=2, eval_batch_size=4, lr=0.01, backbone_lr_ratio=1.0, amp="off", workers=0, seed=0,
+             resume=False, save_every=0, max_bad_images=5, log_every=4, sync_bn=False, arch="resnet18", img_size=32,
+             resize=40, freeze=True, world_size=1, optimizer="sgd", dropout=0.25, frozen_bn="train")
+    c.update(kw)
+    return TrainConfig.from_flags(c, "cpu")
+
+
+def _fit(root, out, **kw):
+    classes, splits = load_dataset(root, splits=("train",))
+    train = ImageDataset(splits["train"], TrainTransform(32, 40, fill=(124, 116, 104)), 0)
+    model = build_model("coarse", "resnet18", len(classes))
+    engine.fit(model, train, None, config=_config(**kw), out_dir=out, class_ids=classes.ids,
+               model_args=model_args("coarse", "resnet18", len(classes), True))
+    return len(train)
+
+
+def _count_syncs(monkeypatch, root, out, log_every):
+    """Device-to-host reads and collectives made inside train_one_epoch."""
+    calls = {"read": 0, "collective": 0}
+    on = {"yes": False}
+
+    def counted(kind, real):
+        def f(*a, **k):
+            if on["yes"]:
+                calls[kind] += 1
+            return real(*a, **k)
+        return f
+
+    for name in ("item", "tolist", "cpu", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counted("read", getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.distributed, "all_reduce", counted("collective", torch.distributed.all_reduce))
+    monkeypatch.setattr(fdist, "all_sum", counted("collective", fdist.all_sum))
+    monkeypatch.setattr(fdist, "all_min", counted("collective", fdist.all_min))
+    real_epoch = engine.train_one_epoch
+
+    def epoch(*a, **k):
+        on["yes"] = True
+        try:
+            return real_epoch(*a, **k)
+        finally:
+            on["yes"] = False
+
+    monkeypatch.setattr(engine, "train_one_epoch", epoch)
+    n = _fit(root, out, log_every=log_every)
+    monkeypatch.undo()
+    return calls, math.ceil(n / 2)
+
+
+def test_a_training_step_does_not_wait_on_the_device(small, tmp_path, monkeypatch):
+    # one read (all_sum's tolist) and one collective per window of --log-every steps, plus two reads
+    # of host tensors when the epoch's loader starts (its base seed, the sampler's permutation)
+    calls, steps = _count_syncs(monkeypatch, small, tmp_path / "a", log_every=3)
+    assert steps == 6 and calls == {"read": 2 + 2, "collective": 2}, calls
+    calls, _ = _count_syncs(monkeypatch, small, tmp_path / "b", log_every=1)
+    assert calls == {"read": 2 + 6, "collective": 6}, calls
+
+
+def test_a_readable_batch_goes_to_the_device_without_a_copy(small, tmp_path, monkeypatch):
+    seen, sent = [], []
+    real_loader, real_to_device = engine.make_loader, engine.to_device
+
+    class Watched:
+        def __init__(self, loader):
+            self.loader, self.dataset = loader, loader.dataset
+
+        def __iter__(self):
+            for batch in self.loader:
+                seen.append(batch[0].data_ptr())
+                yield batch
+
+    monkeypatch.setattr(engine, "make_loader", lambda *a, **k: Watched(real_loader(*a, **k)))
+    monkeypatch.setattr(engine, "to_device", lambda x, d: (sent.append(x.data_ptr()), real_to_device(x, d))[1])
+    _fit(small, tmp_path / "o")
+    assert len(seen) == 6 and sent == seen
+
+
+def test_a_non_finite_loss_is_found_at_its_step_between_reads(small, tmp_path, monkeypatch):
+    from fgvc.errors import NonFiniteLoss
+
+    real, calls = engine.F.cross_entropy, {"n": 0}
+
+    def nan_at_step_2(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(engine.F, "cross_entropy", nan_at_step_2)
+    with pytest.raises(NonFiniteLoss, match=r"at epoch 1, step 2 of the epoch \(global step 2; read after step 3\)"):
+        _fit(small, tmp_path / "o", log_every=3)
+
+
+# ---------------------------------------------------------------- 4. localization shapes; 6. ranks agree
+
+def _coarse(root):
+    classes, splits = load_dataset(root)
+    return build_model("coarse", "resnet18", len(classes)), splits
+
+
+def test_localization_does_not_autotune_per_shape(dataset, monkeypatch):
+    model, splits = _coarse(dataset)
+    flags, real = [], model.forward_cam
+    monkeypatch.setattr(model, "forward_cam", lambda x: (flags.append(torch.backends.cudnn.benchmark), real(x))[1])
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    localize(model, ImageDataset(splits["val"], ShortSideTransform(56)), Runtime(torch.device("cpu"), 4),
+             mask_size=(32, 32), threshold=0.5, use_labels=False)
+    assert flags and not any(flags) and torch.backends.cudnn.benchmark is True
+
+
+def test_bad_images_are_summed_over_processes_before_anyone_raises(dataset, monkeypatch):
+    from harness import spoil
+
+    model, splits = _coarse(dataset)
+    spoil(splits["val"].path(0), "truncated")
+    ds = ImageDataset(splits["val"], ShortSideTransform(56))
+    run = Runtime(torch.device("cpu"), 4)
+    localize(model, ds, run, mask_size=(32, 32), threshold=0.5, use_labels=False, max_bad=1)  # 1 here: within the limit
+    real = fdist.all_sum
+    monkeypatch.setattr(fdist, "all_sum", lambda v, d: [x + 1 for x in real(v, d)])  # another process saw 1 more
+    with pytest.raises(BadImagesError, match="2 unreadable images, more than --max-bad-images 1"):
+        localize(model, ds, run, mask_size=(32, 32), threshold=0.5, use_labels=False, max_bad=1)
+
+
+def test_rank_0_decides_whether_there_is_a_run_to_resume(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(fdist, "broadcast_object", lambda obj: True)  # rank 0 sees a checkpoint this process does not
+    with pytest.raises(CheckpointError, match="exists: pass --resume"):
+        _fit(small, tmp_path / "o")
+
+
+def test_checkpoint_state_is_moved_to_the_cpu():
+    state = {"a": torch.ones(2, requires_grad=True), "b": [torch.zeros(1), (torch.ones(1), 3)], "c": "x"}
+    moved = on_cpu(state)
+    assert moved["a"].device.type == "cpu" and not moved["a"].requires_grad
+    assert isinstance(moved["b"][1], tuple) and moved["b"][1][1] == 3 and moved["c"] == "x"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_n_in_one_process_is_the_current_device():
+    n = torch.cuda.device_count() - 1
+    assert fdist.setup(f"cuda:{n}", announce=False) == torch.device("cuda", n) and torch.cuda.current_device() == n
