@@ -29,6 +29,7 @@ from fgvc.errors import BadImagesError, UserError
 from fgvc.inference import score, steady_heap
 from fgvc.masks import masks_path
 from fgvc.metrics import frequency_groups, top1_group_errors, topk
+from fgvc.overlap import check_overlap
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, check_tau, choose_tau, prior_correct
 from fgvc.stages import STAGES, load_stage
@@ -128,6 +129,7 @@ def claim_inputs_and_outputs(args):
     need_val = args.eval or args.split == "val" or args.tau == "auto"
     names = ("train",) + (("val",) if need_val else ()) + ((args.split,) if args.split != "val" else ())
     classes, splits = load_dataset(resolve(args.data), splits=names)
+    check_overlap(splits, allow=args.allow_overlap)
     out = resolve(args.submission or ("submission.csv" if args.split == "test" else "submission_val.csv"))
     coarse, fine = resolve(args.coarse), resolve(args.fine)
     reads = [("the --fine checkpoint", fine / CHECKPOINT), ("the --coarse checkpoint", coarse / CHECKPOINT),

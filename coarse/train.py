@@ -25,9 +25,11 @@ from fgvc.checkpoint import CHECKPOINT, check_matches, load_checkpoint
 from fgvc.config import RESIZE, CoarseConfig
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit, fit_outputs, seed_everything
+from fgvc.errors import DatasetError
 from fgvc.image import image_sizes
 from fgvc.inference import prepare_model, steady_heap
 from fgvc.masks import masks_path, save_masks, split_fingerprint
+from fgvc.overlap import check_overlap
 from fgvc.paths import resolve
 from fgvc.stages import build_model, model_args, model_from_checkpoint
 from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
@@ -54,9 +56,22 @@ def provenance(args, split, source):
             "mask_size": list(args.mask_size)}
 
 
-def localize_splits(model, args, runtime, splits, source):
-    """Masks for every split; on val, measured against truth/boxes.csv when the dataset has it."""
-    out, truth = resolve(args.out), resolve(args.data) / "truth" / "boxes.csv"
+def val_boxes(args, val):
+    """The true box of every val image from truth/boxes.csv, None without the file; checked at start
+    (not after training): a val image without a box is a one-line error."""
+    truth = resolve(args.data) / "truth" / "boxes.csv"
+    if not truth.is_file():
+        return None
+    boxes = read_boxes(truth)
+    missing = [int(i) for i in val.image_ids if int(i) not in boxes]
+    if missing:
+        raise DatasetError(f"{truth}: {len(missing)} val image ids without a box (first: {missing[:5]})")
+    return [boxes[int(i)] for i in val.image_ids]
+
+
+def localize_splits(model, args, runtime, splits, source, truth=None):
+    """Masks for every split; on val, measured against its true boxes `truth` when the dataset has them."""
+    out = resolve(args.out)
     for name, split in splits.items():
         measured = name == "val"
         dataset = ImageDataset(split, ShortSideTransform(args.resize), args.seed)
@@ -68,13 +83,12 @@ def localize_splits(model, args, runtime, splits, source):
             print(f"{masks_path(out, name)}: {len(masks)} masks, mean area {masks.mean():.3f} of the image", flush=True)
             if measured:
                 save_sample_figure(resolve(args.figure), split, masks)
-                if truth.is_file():
-                    report_localization(cams, split, read_boxes(truth), args.cam_threshold)
+                if truth is not None:
+                    report_localization(cams, split, truth, args.cam_threshold)
 
 
-def report_localization(cams, split, boxes, threshold):
+def report_localization(cams, split, truth, threshold):
     """Share of val images localized (IoU >= 0.5) at each threshold, beside a centred box."""
-    truth = [boxes[int(i)] for i in split.image_ids]
     acc, centred = localization_accuracy(cams.astype(np.float32), image_sizes(split), truth)
     best = max(acc, key=lambda t: (acc[t], -abs(t - threshold)))
     t = min(acc, key=lambda t: abs(t - threshold))
@@ -94,6 +108,8 @@ def main(args):
     config = cli.train_config(args, device)
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))
+    check_overlap(splits, allow=args.allow_overlap)
+    truth = val_boxes(args, splits["val"])
     args.figure = str(resolve(args.figure or out / "sample.png"))
     writes, folders = ([], []) if args.localize_only else fit_outputs(out, args.epochs if args.keep_epochs else 0)
     reads = [("the checkpoint", out / CHECKPOINT)] if args.localize_only else [("--pretrained", pretrained)]
@@ -109,7 +125,7 @@ def main(args):
         model = train(args, config, classes, splits, pretrained)
         source = f"{out / CHECKPOINT} (epoch {args.epochs})"
     steady_heap()  # the localization pass (after training: this keeps the heap's size, for inference only)
-    localize_splits(prepare_model(model, device), args, config.eval, splits, source)
+    localize_splits(prepare_model(model, device), args, config.eval, splits, source, truth)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,8 @@ SEED = Flag("seed", int, 0, "random seed: same seed, same machine, same run", ra
 DATA = Flag("data", str, "data/", "dataset root with train2019.json, val2019.json, test2019.json")
 MAX_BAD_IMAGES = Flag("max_bad_images", int, 100, "unreadable images skipped before the run stops", range=Range(0))
 COARSE_DIR = Flag("coarse", str, "coarse/out", "directory with the coarse stage's masks_{train,val}.npz")
+ALLOW_OVERLAP = Flag("allow_overlap", None, False, "accept val / test images that are train images (same file_name or same "
+                     "content; default: refused at start, one line naming both entries)", switch="on")
 
 DECODING = (
     Flag("max_megapixels", float, 100.0, "an image whose header declares more pixels is unreadable (a decompression bomb)",
@@ -257,6 +259,7 @@ def data_section(out):
         WORKERS,
         DEVICE,
         MAX_BAD_IMAGES,
+        ALLOW_OVERLAP,
         *DECODING,
     ))
 
@@ -325,6 +328,7 @@ TEST_INPUTS = Section("inputs and outputs (relative paths resolve against the re
     Flag("fine", str, "fine/out", "fine stage directory with checkpoint.pt"),
     replace(COARSE_DIR, help="coarse stage directory: checkpoint.pt and masks"),
     Flag("submission", str, None, "output file", shown="submission.csv; submission_val.csv for --split val"),
+    ALLOW_OVERLAP,
 ))
 
 TEST_SCORING = Section("what to score", (

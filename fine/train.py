@@ -20,6 +20,7 @@ from fgvc.crop import CropTransform
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit, fit_outputs, seed_everything
 from fgvc.masks import load_masks, masks_path
+from fgvc.overlap import check_overlap
 from fgvc.paths import resolve
 from fgvc.stages import build_model, model_args
 
@@ -36,6 +37,7 @@ def main(args):
         require_weights(pretrained, args.arch)
     cli.resolve_recipe(args, pretrained)
     classes, splits = load_dataset(resolve(args.data), splits=("train", "val"))
+    check_overlap(splits, allow=args.allow_overlap)
     coarse, out = resolve(args.coarse), resolve(args.out)
     writes, folders = fit_outputs(out, args.epochs if args.keep_epochs else 0)
     reads = [("--pretrained", pretrained)] + [("the --coarse masks", masks_path(coarse, n)) for n in splits]

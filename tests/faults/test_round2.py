@@ -9,6 +9,8 @@ ends in a one-line refusal or survives with nothing lost.
    image; flags whose crop side, input or prior ** tau overflows are refused at start.
 5. test.py checks the hidden labels before anything is written: exit 2 means nothing written.
 6. --resume refuses every changed flag it cannot honour, and says which changed flags it applies.
+7. Val and test images that are train images (same file_name, same file, same content) are refused,
+   unless --allow-overlap.
 """
 import fcntl
 import os
@@ -23,10 +25,11 @@ import numpy as np
 import pytest
 from harness import ROOT, make_dataset, run_script
 from harness import error_line
-from helpers import coarse_args, copy_dir, fine_args, scoring_args
+from helpers import coarse_args, copy_dir, edit_json, fine_args, scoring_args
 
 from fgvc.annotations import load_dataset
 from fgvc.errors import UserError
+from fgvc.overlap import find_overlap
 from fgvc.prior import prior_correct
 
 PREPARE = ROOT / "data" / "prepare.py"
@@ -341,3 +344,55 @@ def test_resume_refuses_flags_it_cannot_honour_and_reports_those_it_applies(clea
     said = [ln for ln in stdout.splitlines() if ln.startswith("--resume: changed flags applied from here on: ")]
     assert len(said) == 1 and "--cam-threshold 0.7 -> 0.5" in said[0] and "--log-every 20 -> 7" in said[0], stdout
     assert "--out " in said[0] and "weight" not in said[0]  # copied to another folder: reported, not refused
+
+
+# ---------------------------------------------------------------- 7. val that is train
+
+def test_val_listing_the_train_images_under_other_ids_is_refused(tmp_path, run_cli):
+    data = make_dataset(tmp_path / "ds")
+
+    def train_as_val(doc):  # val = the train images under new ids, with their labels
+        train = __import__("json").loads((data / "train2019.json").read_text())
+        doc["images"] = [{**im, "id": im["id"] + 100_000} for im in train["images"]]
+        doc["annotations"] = [{**a, "id": a["id"] + 100_000, "image_id": a["image_id"] + 100_000} for a in train["annotations"]]
+
+    edit_json(data, "val", train_as_val)
+    out = tmp_path / "run"
+    code, _, err = run_cli("coarse/train.py", *coarse_args(data, out, "--epochs", "1"))
+    line = error_line(err)
+    assert code == 2 and "val2019.json: 24 val images are train images (first: image id 101000 " in line, line
+    assert "is train2019.json image id 1000 " in line and "the same file_name" in line and "--allow-overlap" in line
+    assert not out.exists()
+    code, out_text, err = run_cli("test.py", *scoring_args(data, tmp_path / "c", tmp_path / "f", tmp_path / "s.csv", "--eval"))
+    assert code == 2 and "24 val images are train images" in error_line(err)
+    # a val image without a true box is refused at start too (it was a KeyError after training)
+    code, _, err = run_cli("coarse/train.py", *coarse_args(data, out, "--epochs", "1", "--allow-overlap"))
+    assert code == 2 and "boxes.csv: 24 val image ids without a box (first: [101000," in error_line(err) and not out.exists()
+    boxes = data / "truth" / "boxes.csv"
+    lines = boxes.read_text().splitlines()
+    boxes.write_text("\n".join(lines + [f"{int(ln.split(',')[0]) + 100_000},{ln.split(',', 1)[1]}" for ln in lines[1:]]) + "\n")
+    # with --allow-overlap it goes on, and says so
+    code, stdout, err = run_cli("coarse/train.py", *coarse_args(data, out, "--epochs", "1", "--allow-overlap"))
+    assert code == 0 and "--allow-overlap: " in stdout and "24 val images are train images" in stdout, err[-2000:]
+
+
+def test_overlap_by_content_hard_link_and_no_false_match(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    _, splits = load_dataset(data)
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    body = train.path(0).read_bytes()
+    val.path(1).write_bytes(body)  # a copy of a train image under a val file name
+    os.unlink(test.path(2))
+    os.link(train.path(3), test.path(2))  # the same file, linked
+    # same size and same first 4 KB as train image 4, another last byte: not the same image
+    tail = bytearray(train.path(4).read_bytes())
+    assert len(tail) > 4096
+    tail[-3] ^= 0xFF
+    val.path(2).write_bytes(bytes(tail))
+    # same size as train image 5, another head: not the same image
+    other = bytearray(train.path(5).read_bytes())
+    other[100] ^= 0xFF
+    test.path(4).write_bytes(bytes(other))
+    found = find_overlap(train, [val, test], threads=4)
+    assert [(r, t) for r, t, _ in found["val"]] == [(1, 0)] and "the same content (sha256" in found["val"][0][2]
+    assert [(r, t, why) for r, t, why in found["test"]] == [(2, 3, "the same file (same device and inode)")]
