@@ -167,12 +167,22 @@ def inat_split(src, path, doc, split, known, train_name):
     if annotations and unlabelled:
         raise DatasetError(f"{path}: {len(unlabelled)} images have no annotation (first image ids: {unlabelled[:5]})")
 
-    missing = [(i, im) for i, im in enumerate(out) if not (src / im.file_name).is_file()]
+    missing = [(i, im) for i, im in enumerate(out) if not is_file(src, im.file_name, path, f"images[{i}] (id {im.id})")]
     if missing:
         i, im = missing[0]
         raise DatasetError(f"{path}: {len(missing)} of {len(out)} image files are missing under {src} "
                            f"(first: images[{i}] (id {im.id}) {im.file_name})")
     return out
+
+
+def is_file(src, name, path, where):
+    """(src / name).is_file(), with an error of the system on the way (a name too long) naming the
+    json file and the entry."""
+    try:
+        return (src / name).is_file()
+    except OSError as e:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise DatasetError(f"{path}: {where} has file_name {shown!r}: {e.strerror or e}") from None
 
 
 # ---------------------------------------------------------------- CUB-200-2011

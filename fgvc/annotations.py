@@ -7,7 +7,9 @@ lists or that category ids are 0..K-1: annotations are joined on image_id and ca
 mapped to class indices in sorted id order (`Classes`). Every problem is reported as a one-line
 `DatasetError` naming the file and the entry, before any training starts.
 """
+import errno
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -111,6 +113,12 @@ def _check_file_name(name, path, where):
         raise DatasetError(f"{path}: {where} has file_name {name!r}: absolute paths are refused")
     if ".." in p.parts:
         raise DatasetError(f"{path}: {where} has file_name {name!r}: it climbs out of the dataset root")
+    if "\0" in name:
+        raise DatasetError(f"{path}: {where} has file_name {name[:80]!r}: a NUL byte is not valid in a path")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError as e:
+        raise DatasetError(f"{path}: {where} has file_name {name[:80]!r}: not a valid path here ({e.reason})") from None
 
 
 def read_categories(path, doc):
@@ -208,13 +216,27 @@ def check_image_files(split):
     stage starts. Something there that cannot be decoded (a directory, no read permission, bad
     bytes) is a bad image: every stage skips and counts it (see datasets.ImageDataset).
     """
-    missing = [f for f in split.file_names if not (split.root / f).exists()]
+    missing = [f for i, f in enumerate(split.file_names) if not _file_exists(split, i)]
     if missing:
         first = ", ".join(missing[:5])
         raise DatasetError(
             f"{split.json_path}: {len(missing)} of {len(split)} image files are missing under {split.root} "
             f"(first: {first})"
         )
+
+
+def _file_exists(split, i):
+    """Is there something at image i's path (a link followed)? An error of the system on the way
+    (a name too long, no permission to search a folder) names the json file and the entry."""
+    try:
+        os.stat(os.path.join(split.root, split.file_names[i]))
+        return True
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return False
+        name = split.file_names[i]
+        raise DatasetError(f"{split.json_path}: image id {split.image_ids[i]} has file_name "
+                           f"{name if len(name) <= 80 else name[:77] + '...'!r}: {e.strerror or e}") from None
 
 
 def load_dataset(root, splits=("train", "val", "test"), check_files=True):

@@ -11,6 +11,8 @@ ends in a one-line refusal or survives with nothing lost.
 6. --resume refuses every changed flag it cannot honour, and says which changed flags it applies.
 7. Val and test images that are train images (same file_name, same file, same content) are refused,
    unless --allow-overlap.
+8. Errors of the system on a listed path (a name too long, a NUL byte, a name that cannot be encoded)
+   name the json file and the entry.
 """
 import fcntl
 import os
@@ -28,7 +30,7 @@ from harness import error_line
 from helpers import coarse_args, copy_dir, edit_json, fine_args, scoring_args
 
 from fgvc.annotations import load_dataset
-from fgvc.errors import UserError
+from fgvc.errors import DatasetError, UserError
 from fgvc.overlap import find_overlap
 from fgvc.prior import prior_correct
 
@@ -396,3 +398,45 @@ def test_overlap_by_content_hard_link_and_no_false_match(tmp_path):
     found = find_overlap(train, [val, test], threads=4)
     assert [(r, t) for r, t, _ in found["val"]] == [(1, 0)] and "the same content (sha256" in found["val"][0][2]
     assert [(r, t, why) for r, t, why in found["test"]] == [(2, 3, "the same file (same device and inode)")]
+
+
+# ---------------------------------------------------------------- 8. errors of the system name the json and entry
+
+BAD_NAMES = {
+    "a name too long": ("train_val2019/" + "x" * 300 + ".jpg", "File name too long"),
+    "a NUL byte": ("train_val2019/a\0b.jpg", "a NUL byte is not valid in a path"),
+    "a lone surrogate": ("train_val2019/\ud800.jpg", "not a valid path here (surrogates not allowed)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_NAMES)
+def test_a_path_the_system_refuses_names_the_json_and_the_entry(case, tmp_path, run_cli):
+    data = make_dataset(tmp_path / "ds")
+    name, reason = BAD_NAMES[case]
+
+    def rename_first(doc):
+        doc["images"][0]["file_name"] = name
+
+    edit_json(data, "train", rename_first)
+    with pytest.raises(DatasetError, match="train2019.json: ") as e:
+        load_dataset(data)
+    assert reason in str(e.value) and ("image id" in str(e.value) or "images[0]" in str(e.value)), e.value
+    code, _, err = run_cli("coarse/train.py", *coarse_args(data, tmp_path / "run", "--epochs", "1"))
+    line = error_line(err)
+    assert code == 2 and "train2019.json: " in line and reason in line and not (tmp_path / "run").exists(), line
+
+
+def test_prepare_names_the_json_and_entry_of_a_name_too_long(tmp_path):
+    src = make_dataset(tmp_path / "src")  # the iNat 2019 layout is 2017's with other json names
+    for old, new in (("train2019.json", "train2017.json"), ("val2019.json", "val2017.json"), ("test2019.json", "test2017.json")):
+        (src / old).rename(src / new)
+
+    def rename_first(doc):
+        doc["images"][0]["file_name"] = "train_val2019/" + "y" * 300 + ".jpg"
+
+    path = src / "val2017.json"
+    doc = __import__("json").loads(path.read_text())
+    rename_first(doc)
+    path.write_text(__import__("json").dumps(doc))
+    line = refused(prepare("inat2017", src, "--out", tmp_path / "out"), "val2017.json: images[0] (id ", "File name too long")
+    assert not (tmp_path / "out").exists(), line
