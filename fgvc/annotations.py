@@ -60,11 +60,13 @@ def _is_int(x):
 
 
 def _load_json(path):
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
     try:
+        if not path.is_file():
+            raise DatasetError(f"{path}: file not found")
         with open(path, "rb") as f:
             return json.load(f)
+    except OSError as e:  # a --data path too long, no permission: an input, not a failed write
+        raise DatasetError(f"{str(path)[:200]}: cannot read it ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
@@ -245,7 +247,11 @@ def load_dataset(root, splits=("train", "val", "test"), check_files=True):
     Returns (classes, {name: Split}). Val and test image ids must not collide with train's.
     """
     root = Path(root)
-    if not root.is_dir():
+    try:
+        found = root.is_dir()
+    except OSError as e:  # a --data path too long: an input, not a failed write
+        raise DatasetError(f"{str(root)[:200]}: cannot read it ({e.strerror or e})") from None
+    if not found:
         raise DatasetError(f"{root}: dataset root not found (expected {', '.join(SPLIT_FILES.values())})")
     train, classes = read_split(root, "train", check_files=check_files and "train" in splits)
     out = {"train": train}

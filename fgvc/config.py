@@ -244,8 +244,9 @@ ALLOW_OVERLAP = Flag("allow_overlap", None, False, "accept val / test images tha
                      "content; default: refused at start, one line naming both entries)", switch="on")
 
 DECODING = (
+    # at most 2**30 pixels: OpenCV refuses larger images itself (and 1e308 overflowed int())
     Flag("max_megapixels", float, 100.0, "an image whose header declares more pixels is unreadable (a decompression bomb)",
-         range=POSITIVE, shown="100", keep=True),
+         range=Range(0, 2**30 / 1e6, lo_inclusive=False), shown="100", keep=True),
     Flag("lenient_jpeg", None, False, "use JPEGs that libjpeg reports as corrupt but still decodes "
          "(default: such a file is unreadable)", switch="on", keep=True),
 )

@@ -276,6 +276,11 @@ def test_flags_whose_sizes_overflow_are_refused_at_start(script, flag, value, tm
     assert ("overflows" in line or "more than --max-megapixels" in line) and not out.exists()
 
 
+def test_a_megapixel_limit_past_what_can_be_decoded_is_refused(tmp_path, run_cli):
+    """--max-megapixels 1e308 once overflowed int() at start (a traceback)."""
+    code, _, err = run_cli("coarse/train.py", *coarse_args(tmp_path / "none", tmp_path / "out", "--max-megapixels", "1e308"))
+    assert code == 2 and error_line(err) == "error: --max-megapixels 1e+308: must be > 0 and <= 1073.74" and not (tmp_path / "out").exists()
+
 def test_tau_whose_prior_power_overflows_is_refused_before_anything_is_written(clean, tmp_path, run_cli):
     data, coarse, fine, _ = clean
     sub = tmp_path / "s.csv"
@@ -424,6 +429,13 @@ def test_a_path_the_system_refuses_names_the_json_and_the_entry(case, tmp_path, 
     code, _, err = run_cli("coarse/train.py", *coarse_args(data, tmp_path / "run", "--epochs", "1"))
     line = error_line(err)
     assert code == 2 and "train2019.json: " in line and reason in line and not (tmp_path / "run").exists(), line
+
+
+def test_a_data_path_too_long_is_bad_input_not_a_failed_write(tmp_path, run_cli):
+    data = tmp_path / ("d" * 300)
+    code, _, err = run_cli("coarse/train.py", *coarse_args(data, tmp_path / "out", "--epochs", "1"))
+    line = error_line(err)
+    assert code == 2 and line.startswith(f"error: {data}"[:100]) and "cannot read it (File name too long)" in line, line
 
 
 def test_prepare_names_the_json_and_entry_of_a_name_too_long(tmp_path):
