@@ -2,7 +2,8 @@
 
 A val split that lists train images under other ids is accepted by every id check, and its errors
 are then measured on training data. Two entries are the same image when they have the same
-`file_name`, or when their files have the same content. The content check stays cheap on iNat 2021
+`file_name`, or when their files have the same content (empty files excepted: they are unreadable, not
+the same image). The content check stays cheap on iNat 2021
 (2.7 M train files) by narrowing the candidates step by step: file sizes first (one stat a file,
 which the reader's missing-file check has just warmed), then the SHA-256 of the first 4 KB of the
 files whose size a file of the other side shares (read with readahead off), then the SHA-256 of
@@ -94,8 +95,9 @@ def find_overlap(train, others, threads=THREADS):
             for r, s in ostat.items():
                 if r not in hits and s is not None and s[1] in t_inode:
                     hits[r] = (t_inode[s[1]], "the same file (same device and inode)")
-            # sizes, then the first 4 KB, then the whole file: each step only where the last agreed
-            rows = [r for r, s in ostat.items() if r not in hits and s is not None and s[0] in t_size]
+            # sizes, then the first 4 KB, then the whole file: each step only where the last agreed;
+            # empty files are no image (unreadable, counted by --max-bad-images), not one image twice
+            rows = [r for r, s in ostat.items() if r not in hits and s is not None and s[0] > 0 and s[0] in t_size]
             head = hashes(paths, rows, HEAD)
             peers = {t for r in rows for t in t_size[ostat[r][0]]}
             t_head.update(hashes(tpaths, sorted(peers - t_head.keys()), HEAD))

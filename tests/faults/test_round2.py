@@ -400,6 +400,9 @@ def test_overlap_by_content_hard_link_and_no_false_match(tmp_path):
     other = bytearray(train.path(5).read_bytes())
     other[100] ^= 0xFF
     test.path(4).write_bytes(bytes(other))
+    # an empty file beside an empty train file: two unreadable images, not one image twice
+    train.path(6).write_bytes(b"")
+    val.path(3).write_bytes(b"")
     found = find_overlap(train, [val, test], threads=4)
     assert [(r, t) for r, t, _ in found["val"]] == [(1, 0)] and "the same content (sha256" in found["val"][0][2]
     assert [(r, t, why) for r, t, why in found["test"]] == [(2, 3, "the same file (same device and inode)")]
