@@ -31,7 +31,7 @@ from fgvc.masks import masks_path
 from fgvc.metrics import frequency_groups, top1_group_errors, topk
 from fgvc.overlap import check_overlap
 from fgvc.paths import resolve
-from fgvc.prior import TAU_GRID, check_tau, choose_tau, prior_correct
+from fgvc.prior import TAU_GRID, TopK, check_tau, choose_tau, prior_correct
 from fgvc.stages import STAGES, load_stage
 from fgvc.submission import read_labels, read_submission, top1_error, write_submission
 
@@ -61,17 +61,6 @@ class Scorer:
         dataset = self.stage.scoring_dataset(self.ckpt, split, coarse_dir=resolve(a.coarse), seed=a.seed, factors=a.tta_factors,
                                              mirror_factors=a.tta_mirror_factors, centre=a.crop_centre)
         return score(self.model, dataset, self.runtime, reduce=reduce, desc=f"{self.stage.name} {split.name}")
-
-
-class Top5:
-    """What test.py keeps of each image: its 5 best classes with the prior correction (tau) and
-    without it (for the table on hidden labels); memory does not grow with N x K."""
-
-    def __init__(self, prior, tau):
-        self.prior, self.tau = prior, tau
-
-    def __call__(self, probs):
-        return {"corrected": topk(prior_correct(probs, self.prior, self.tau), 5), "uncorrected": topk(probs, 5)}
 
 
 def error_row(top, labels, counts):
@@ -186,9 +175,9 @@ def main(args):
     # 2. predict: the top 5 of each image, with and without the correction
     split = splits[args.split]
     if args.split == "val":
-        kept, ok = Top5(prior, tau)(val_probs), val_ok
+        kept, ok = TopK(prior, tau, 5)(val_probs), val_ok
     else:
-        kept, ok = scorer(split, reduce=Top5(prior, tau))
+        kept, ok = scorer(split, reduce=TopK(prior, tau, 5))
     require_readable(split, ok)
     top = with_fallback(kept["corrected"], ok, fallback)
     # 3. on hidden test labels (the toy's): the rows of the table, the baseline beside the model with --eval
@@ -197,7 +186,7 @@ def main(args):
         baseline = scorer.stage.baseline
         other = scorer.other(baseline) if args.eval and baseline else None
         if other is not None:  # every process takes part
-            base, base_ok = other(split, reduce=Top5(prior, tau))
+            base, base_ok = other(split, reduce=TopK(prior, tau, 5))
             rows += [(other.stage.label, t, with_fallback(base[key], base_ok, fallback)) for t, key in {0.0: "uncorrected", tau: "corrected"}.items()]
         rows += [(scorer.stage.label, t, with_fallback(kept[key], ok, fallback)) for t, key in {0.0: "uncorrected", tau: "corrected"}.items()]
     if not dist.is_main():

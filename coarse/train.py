@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from fgvc import cli, dist, outputs
-from fgvc.annotations import load_dataset
+from fgvc.annotations import class_counts, load_dataset
 from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
 from fgvc.boxes import localization_accuracy, read_boxes
 from fgvc.cam import localize
-from fgvc.checkpoint import CHECKPOINT, check_matches, load_checkpoint
+from fgvc.checkpoint import CHECKPOINT, check_matches, class_info, load_checkpoint
 from fgvc.config import RESIZE, CoarseConfig
 from fgvc.datasets import ImageDataset
 from fgvc.engine import fit, fit_outputs, seed_everything
@@ -46,7 +46,9 @@ def train(args, config, classes, splits, pretrained):
     train_set = ImageDataset(splits["train"], TrainTransform(args.img_size, args.resize, mean_pixel(args.arch), rotation=args.rotation), args.seed)
     val_set = ImageDataset(splits["val"], EvalTransform(args.img_size), args.seed)
     margs = model_args("coarse", args.arch, len(classes), args.freeze, args.dropout)
-    return fit(model, train_set, val_set, config=config, out_dir=resolve(args.out), class_ids=classes.ids, model_args=margs)
+    info = class_info(classes, class_counts(splits["train"], len(classes)))
+    return fit(model, train_set, val_set, config=config, out_dir=resolve(args.out), class_ids=classes.ids, model_args=margs,
+               class_info=info)
 
 
 def provenance(args, split, source):

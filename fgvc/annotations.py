@@ -22,9 +22,12 @@ SPLIT_FILES = {"train": "train2019.json", "val": "val2019.json", "test": "test20
 
 @dataclass(frozen=True)
 class Classes:
-    """Category ids <-> class indices, in sorted id order. Travels with every checkpoint."""
+    """Category ids <-> class indices, in sorted id order. Travels with every checkpoint, with the
+    names (and supercategories, where the json has them) that prediction prints."""
 
     ids: tuple  # category id of class index i
+    names: tuple = ()  # the category's 'name' of class index i ('' where absent); () when not read
+    supercategories: tuple = ()  # its 'supercategory' ('' where absent); () when no category has one
 
     def index(self):
         return {cid: i for i, cid in enumerate(self.ids)}
@@ -137,6 +140,15 @@ def read_categories(path, doc):
     return sorted(ids)
 
 
+def category_names(categories, ids):
+    """Classes of the sorted category `ids`, with each one's name and supercategory from the json's
+    (already checked) `categories` entries; a missing or non-text field is ''."""
+    by_id = {c["id"]: c for c in categories}
+    text = lambda c, key: c.get(key) if isinstance(c.get(key), str) else ""
+    supers = tuple(text(by_id[i], "supercategory") for i in ids)
+    return Classes(ids, tuple(text(by_id[i], "name") for i in ids), supers if any(supers) else ())
+
+
 def read_split(root, name, classes=None, check_files=True):
     """Read one split. `classes` (from train) maps category ids; None means: this is train itself.
 
@@ -157,7 +169,7 @@ def read_split(root, name, classes=None, check_files=True):
             raise DatasetError(f"{path}: missing key 'categories'")
         if not cat_ids:
             raise DatasetError(f"{path}: 'categories' is empty")
-        classes = Classes(tuple(cat_ids))
+        classes = category_names(doc["categories"], tuple(cat_ids))
     known = classes.index()
 
     ids, names, sizes, row = [], [], [], {}

@@ -29,7 +29,7 @@ def cams_to_masks(cams, threshold):
 
 @torch.inference_mode()
 @fixed_algorithms()  # no cuDNN autotuning per distinct shape
-def localize(model, dataset, runtime, *, mask_size, threshold, use_labels, keep_cams=False, max_bad=100):
+def localize(model, dataset, runtime, *, mask_size, threshold, use_labels, keep_cams=False, max_bad=100, desc=None):
     """One forward pass per image: logits and CAM together. Returns (masks (N, h, w) uint8, cams).
 
     `dataset` gives whole images with their aspect kept (`transforms.ShortSideTransform`, the
@@ -39,7 +39,8 @@ def localize(model, dataset, runtime, *, mask_size, threshold, use_labels, keep_
     scales. The CAM is of the ground-truth class when `use_labels` (train), else of the predicted class.
     `cams` (N, h, w float16, normalised) is returned when keep_cams, for measuring thresholds.
     Under torchrun each process scores a shard and the results are gathered on every rank.
-    Unreadable images get an empty mask (the fine stage then uses the whole image) and are counted.
+    Unreadable images get an empty mask (the fine stage then uses the whole image) and are counted;
+    `max_bad=None` leaves them to the caller (predict.py lists them): no limit, no report.
     """
     model.eval()
     device = runtime.device
@@ -51,9 +52,10 @@ def localize(model, dataset, runtime, *, mask_size, threshold, use_labels, keep_
     h, w = mask_size
     masks = np.zeros((len(dataset), h, w), np.uint8)
     cams = np.zeros((len(dataset), h, w), np.float16) if keep_cams else None
-    bad = BadImageCounter(dataset.split, max_bad)
+    limit = float("inf") if max_bad is None else max_bad
+    bad = BadImageCounter(dataset.split, limit)
     groups = (g for batch in loader for g in batch)
-    for x, y, idx, ok in tqdm(groups, desc=f"localize {dataset.split.name}", disable=not dist.is_main(), leave=False):
+    for x, y, idx, ok in tqdm(groups, desc=desc or f"localize {dataset.split.name}", disable=not dist.is_main(), leave=False):
         with autocast():
             logits, cam = model.forward_cam(to_device(x, device))
         cls = y.to(cam.device) if use_labels else logits.argmax(1)
@@ -66,12 +68,13 @@ def localize(model, dataset, runtime, *, mask_size, threshold, use_labels, keep_
             cams[idx.numpy()] = cam.cpu().numpy().astype(np.float16)
         if not ok.all():
             bad.add(idx[~ok].tolist())
-            if len(bad.rows) > max_bad:
+            if len(bad.rows) > limit:
                 break  # past the limit on this process alone: stop reading; all raise together below
     total_bad = dist.all_sum([float(len(bad.rows))], device)[0]  # every process, before anyone raises
-    bad.check(total_bad)
-    bad.report()
-    if len(dataset) and total_bad >= len(dataset):
+    if max_bad is not None:
+        bad.check(total_bad)
+        bad.report()
+    if max_bad is not None and len(dataset) and total_bad >= len(dataset):
         raise BadImagesError(f"{dataset.split.json_path}: no readable image among its {len(dataset)}; no masks written")
     if dist.enabled():
         parts = dist.all_gather_objects((rows, masks[rows], cams[rows] if keep_cams else None))

@@ -2,7 +2,10 @@
 
 One dict: model, optimizer, scaler, epoch (completed), step (optimizer steps so far),
 step_in_epoch (steps into the epoch in progress, for a mid-epoch save), args, model_args (what
-rebuilds the model), class_ids (the category id of each class index).
+rebuilds the model), class_ids (the category id of each class index), and what prediction needs
+that only the dataset knew (`class_info`): class_names, supercategories (None when the json has
+none) and class_counts (train images per class: the prior). Checkpoints older than these keys
+load all the same; `stored_class_info` tells whether one has them.
 """
 import io
 from pathlib import Path
@@ -53,9 +56,26 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def save_checkpoint(path, model, *, args, model_args, class_ids, optimizer=None, scaler=None, progress=(0, 0, 0)):
+def class_info(classes, counts):
+    """What a checkpoint stores of its classes besides their ids (annotations.Classes and the
+    per-class train counts), so that prediction needs no dataset."""
+    return {"class_names": [str(n) for n in classes.names] if classes.names else None,
+            "supercategories": [str(s) for s in classes.supercategories] if classes.supercategories else None,
+            "class_counts": [int(c) for c in counts]}
+
+
+def stored_class_info(ckpt):
+    """(names, supercategories or None, train counts) stored by training, or None for a checkpoint
+    older than them (or saved without them)."""
+    if ckpt.get("class_names") is None or ckpt.get("class_counts") is None:
+        return None
+    return ckpt["class_names"], ckpt.get("supercategories"), ckpt["class_counts"]
+
+
+def save_checkpoint(path, model, *, args, model_args, class_ids, optimizer=None, scaler=None, progress=(0, 0, 0), info=None):
     """Write the checkpoint atomically, every tensor on the CPU. `progress`: (epochs completed, optimizer steps so far,
-    steps into the epoch in progress); `args`: the run's flags (TrainConfig.flags)."""
+    steps into the epoch in progress); `args`: the run's flags (TrainConfig.flags); `info`: the
+    classes' names, supercategories and train counts (`class_info`)."""
     epoch, step, step_in_epoch = progress
     state = {
         "format": FORMAT,
@@ -68,6 +88,7 @@ def save_checkpoint(path, model, *, args, model_args, class_ids, optimizer=None,
         "args": _plain(dict(args)),
         "model_args": dict(model_args),
         "class_ids": [int(c) for c in class_ids],
+        **(info or {}),
     }
     buf = io.BytesIO()  # serialise first: a failure here never touches the file on disk
     torch.save(state, buf)
@@ -131,6 +152,17 @@ def _structure_problem(ckpt):
         return f"'class_ids' is not a list of {m['num_classes']} integer category ids"
     if not isinstance(ckpt["args"], dict):
         return "'args' is not a dict"
+    return _class_info_problem(ckpt, m["num_classes"])
+
+
+def _class_info_problem(ckpt, n):
+    """What is wrong with the optional class_names / supercategories / class_counts, or None."""
+    for key, ok in (("class_names", lambda v: isinstance(v, str)), ("supercategories", lambda v: isinstance(v, str)),
+                    ("class_counts", _count)):
+        v = ckpt.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != n or not all(ok(x) for x in v)):
+            kind = "whole numbers >= 0" if key == "class_counts" else "strings"
+            return f"'{key}' is not a list of {n} {kind}"
     return None
 
 

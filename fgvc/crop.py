@@ -94,14 +94,19 @@ class MultiCropTransform:
     def __init__(self, size, factors=TTA_FACTORS, mirror_factors=TTA_MIRROR_FACTORS, centre=CENTRES[0], box=crop_box):
         self.size, self.factors, self.mirror_factors, self.centre, self.box = size, tuple(factors), tuple(mirror_factors), centre, box
 
+    def boxes(self, mask, width, height, rng):
+        """[(x0, y0, x1, y1) in image pixels, mirrored?] of every crop, in order: what __call__ cuts
+        (predict.py draws the largest one)."""
+        out = []
+        for k, mirror in [(k, False) for k in self.factors] + [(k, True) for k in self.mirror_factors]:
+            x0, y0, x1, y1 = self.box(mask[:, ::-1] if mirror else mask, width, height, k, rng, centre=self.centre)
+            out.append(((width - x1, y0, width - x0, y1) if mirror else (x0, y0, x1, y1), mirror))  # the mirror's box on the image
+        return out
+
     def __call__(self, img, mask, rng):
         h, w = img.shape[:2]
         crops = []
-        for k, mirror in [(k, False) for k in self.factors] + [(k, True) for k in self.mirror_factors]:
-            x0, y0, x1, y1 = self.box(mask[:, ::-1] if mirror else mask, w, h, k, rng, centre=self.centre)
-            if mirror:  # the box on the mirror is (w - x1, w - x0) on the image, flipped
-                out = resize(img[y0:y1, w - x1 : w - x0], self.size, self.size)[:, ::-1]
-            else:
-                out = resize(img[y0:y1, x0:x1], self.size, self.size)
-            crops.append(to_tensor(out))
+        for (x0, y0, x1, y1), mirror in self.boxes(mask, w, h, rng):
+            out = resize(img[y0:y1, x0:x1], self.size, self.size)
+            crops.append(to_tensor(out[:, ::-1] if mirror else out))
         return torch.stack(crops)

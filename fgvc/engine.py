@@ -178,6 +178,7 @@ class TrainState:
     config: object  # config.TrainConfig
     model_args: dict
     class_ids: list
+    class_info: dict = None  # names, supercategories, train counts (checkpoint.class_info)
     step: int = 0  # optimizer steps so far
 
     def save(self, epoch_done, step_in_epoch):
@@ -185,7 +186,7 @@ class TrainState:
         if dist.is_main():
             save_checkpoint(self.path, self.model, optimizer=self.optimizer, scaler=self.scaler,
                             progress=(epoch_done, self.step, step_in_epoch), args=self.config.flags,
-                            model_args=self.model_args, class_ids=self.class_ids)
+                            model_args=self.model_args, class_ids=self.class_ids, info=self.class_info)
         interrupt.progress(saved=f"{self.path} (epoch {epoch_done}, step {step_in_epoch} into the next)")
         dist.barrier()
 
@@ -337,12 +338,13 @@ def train_one_epoch(state, loader, *, epoch, skip, steps_per_epoch, bad, logger)
     return loss_sum, seen
 
 
-def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args):
+def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args, class_info=None):
     """Train `model` on `train_set`, validating on `val_set` every epoch; returns the model.
 
     `config` (config.TrainConfig) is the run's recipe; its `flags` go into every checkpoint, and a
     resumed run must agree with the saved ones on the flags its stage keeps (stages.Stage.resume_keeps).
-    `model_args` (stages.model_args) rebuild the model from a checkpoint; `class_ids` map its outputs.
+    `model_args` (stages.model_args) rebuild the model from a checkpoint; `class_ids` map its outputs;
+    `class_info` (checkpoint.class_info: names, train counts) lets prediction do without the dataset.
     SIGTERM / SIGUSR1 end the run after the current step with a checkpoint at that step
     (`interrupt.Stopped`, exit code 143); `--resume` continues from it, bit for bit.
     """
@@ -350,7 +352,7 @@ def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args):
     model = prepare_model(model, config.device)
     optimizer = make_optimizer(model, config.lr, config.backbone_lr_ratio, name=config.optimizer, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(config.device.type, enabled=config.amp == "fp16")
-    state = TrainState(model, optimizer, scaler, out_dir / CHECKPOINT, config, model_args, class_ids)
+    state = TrainState(model, optimizer, scaler, out_dir / CHECKPOINT, config, model_args, class_ids, class_info)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world()) / config.batch_size)
 
     start_epoch, skip = 0, 0

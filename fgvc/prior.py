@@ -8,7 +8,7 @@ by the class counts, tau = 0 is the identity. Equivalently argmax(log p_c - tau 
 import numpy as np
 
 from .errors import UserError
-from .metrics import topk_errors
+from .metrics import topk, topk_errors
 
 TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 LOG_NORMAL = -float(np.log(np.finfo(np.float64).tiny))  # 708.4: prior ** tau stays a normal number while tau * |log prior| <= this
@@ -52,3 +52,18 @@ def choose_tau(probs, labels, prior, grid=TAU_GRID):
     errors = {tau: topk_errors(prior_correct(probs, prior, tau), labels, (1,))[1] for tau in grid}
     best = min(grid, key=lambda t: (errors[t], t))
     return best, errors
+
+
+class TopK:
+    """What prediction keeps of each image (test.py's submission, predict.py's rows): its k best
+    classes after the correction at `tau` ("corrected", (N, k) class indices, best first) with their
+    corrected probabilities ("probability", normalised over all classes), and its k best without
+    the correction ("uncorrected", for the tables). Memory does not grow with N x K."""
+
+    def __init__(self, prior, tau, k=5):
+        self.prior, self.tau, self.k = prior, tau, k
+
+    def __call__(self, probs):
+        corrected = prior_correct(probs, self.prior, self.tau)
+        top = topk(corrected, self.k)
+        return {"corrected": top, "probability": np.take_along_axis(corrected, top, axis=1), "uncorrected": topk(probs, self.k)}

@@ -28,17 +28,18 @@ def whole_images(ckpt, split, *, seed=0, **_):
     return ImageDataset(split, EvalTransform(CoarseConfig.from_args(ckpt["args"]).img_size), seed, cache=False)
 
 
-def tta_crops(ckpt, split, *, coarse_dir, seed=0, factors=None, mirror_factors=None, centre=None):
+def tta_crops(ckpt, split, *, coarse_dir=None, masks=None, seed=0, factors=None, mirror_factors=None, centre=None):
     """The fine model's input: the test-time crops around the coarse masks (crop.MultiCropTransform),
     with the crop-centre rule `centre` (None: the one the fine model was trained with, as its
-    checkpoint's config says)."""
+    checkpoint's config says). The masks: `masks` (one per row of `split`, as predict.py localizes
+    them), else the coarse stage's file in `coarse_dir` (test.py)."""
     if factors is not None and mirror_factors is not None and not [*factors, *mirror_factors]:
         raise UserError("--tta-factors and --tta-mirror-factors are both empty: no crops to score")
     trained = FineConfig.from_args(ckpt["args"])
     factors = TTA_FACTORS if factors is None else factors
     mirror_factors = TTA_MIRROR_FACTORS if mirror_factors is None else mirror_factors
     crops = MultiCropTransform(trained.img_size, factors, mirror_factors, centre or trained.crop_centre)
-    return ImageDataset(split, crops, seed, masks=load_masks(coarse_dir, split), cache=False)
+    return ImageDataset(split, crops, seed, masks=load_masks(coarse_dir, split) if masks is None else masks, cache=False)
 
 
 @dataclass(frozen=True)

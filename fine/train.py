@@ -13,8 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
 from fgvc import cli, dist, outputs
-from fgvc.annotations import load_dataset
+from fgvc.annotations import class_counts, load_dataset
 from fgvc.backbones import require_weights, weights_path_arg
+from fgvc.checkpoint import class_info
 from fgvc.config import FineConfig
 from fgvc.crop import CropTransform
 from fgvc.datasets import ImageDataset
@@ -48,7 +49,9 @@ def main(args):
     model = build_model("fine", args.arch, len(classes), pretrained=pretrained, freeze=args.freeze, dropout=args.dropout,
                         frozen_bn=args.frozen_bn)
     margs = model_args("fine", args.arch, len(classes), args.freeze, args.dropout)
-    fit(model, train_set, val_set, config=cli.train_config(args, device), out_dir=out, class_ids=classes.ids, model_args=margs)
+    info = class_info(classes, class_counts(splits["train"], len(classes)))
+    fit(model, train_set, val_set, config=cli.train_config(args, device), out_dir=out, class_ids=classes.ids, model_args=margs,
+        class_info=info)
 
 
 if __name__ == "__main__":
