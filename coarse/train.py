@@ -10,17 +10,17 @@ Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard),
        --figure (default --out/sample.png). --out is locked while the run lasts.
 """
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
-import numpy as np
-
 from fgvc import cli, dist, outputs
 from fgvc.annotations import class_counts, load_dataset
 from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
-from fgvc.boxes import localization_accuracy, read_boxes
-from fgvc.cam import localize
+from fgvc.atomic import AtomicGroup
+from fgvc.boxes import LocalizationScore, read_boxes
+from fgvc.cam import localize_shard
 from fgvc.checkpoint import CHECKPOINT, check_matches, class_info, load_checkpoint
 from fgvc.config import RESIZE, CoarseConfig
 from fgvc.datasets import ImageDataset
@@ -28,12 +28,12 @@ from fgvc.engine import fit, fit_outputs, seed_everything
 from fgvc.errors import DatasetError
 from fgvc.image import image_sizes
 from fgvc.inference import prepare_model, steady_heap
-from fgvc.masks import masks_path, save_masks, split_fingerprint
+from fgvc.masks import masks_path, save_shards, split_fingerprint
 from fgvc.overlap import check_overlap
 from fgvc.paths import resolve
 from fgvc.stages import build_model, model_args, model_from_checkpoint
 from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
-from fgvc.viz import save_sample_figure
+from fgvc.viz import sample_rows, save_sample_figure
 
 
 def get_args_parser():
@@ -51,9 +51,9 @@ def train(args, config, classes, splits, pretrained):
                class_info=info)
 
 
-def provenance(args, split, source):
-    """What a masks file records of its making (checked by fgvc.masks.load_masks)."""
-    return {"split": split.name, "fingerprint": split_fingerprint(split), "checkpoint": source,
+def provenance(args, split, source, run):
+    """What a masks file records of its making (checked by fgvc.masks.load_masks and check_same_run)."""
+    return {"split": split.name, "fingerprint": split_fingerprint(split), "checkpoint": source, "run": run,
             "cam_threshold": args.cam_threshold, "cam_class": args.cam_class, "resize": args.resize,
             "mask_size": list(args.mask_size)}
 
@@ -72,26 +72,37 @@ def val_boxes(args, val):
 
 
 def localize_splits(model, args, runtime, splits, source, truth=None):
-    """Masks for every split; on val, measured against its true boxes `truth` when the dataset has them."""
+    """Masks for every split; on val, measured against its true boxes `truth` when the dataset has them.
+
+    The masks files and the figure are one group (`AtomicGroup`): written to temporary files and
+    renamed together once every split is done, so a run stopped (or failing) on the way leaves
+    every file of the earlier run; each file records the same run id (`masks.check_same_run`)."""
     out = resolve(args.out)
-    for name, split in splits.items():
-        measured = name == "val"
-        dataset = ImageDataset(split, ShortSideTransform(args.resize), args.seed)
-        masks, cams = localize(model, dataset, runtime, mask_size=tuple(args.mask_size), threshold=args.cam_threshold,
-                               use_labels=name == "train" and args.cam_class == "label", keep_cams=measured,
-                               max_bad=args.max_bad_images)
-        if dist.is_main():
-            save_masks(masks_path(out, name), split.image_ids, masks, provenance(args, split, source))
-            print(f"{masks_path(out, name)}: {len(masks)} masks, mean area {masks.mean():.3f} of the image", flush=True)
-            if measured:
-                save_sample_figure(resolve(args.figure), split, masks)
-                if truth is not None:
-                    report_localization(cams, split, truth, args.cam_threshold)
+    run = dist.broadcast_object(uuid.uuid4().hex)
+    with AtomicGroup() as group:
+        for name, split in splits.items():
+            measured = name == "val"
+            score = LocalizationScore(image_sizes(split), truth) if measured and truth is not None else None
+            shard = localize_shard(model, ImageDataset(split, ShortSideTransform(args.resize), args.seed), runtime,
+                                   mask_size=tuple(args.mask_size), threshold=args.cam_threshold,
+                                   use_labels=name == "train" and args.cam_class == "label", max_bad=args.max_bad_images,
+                                   on_batch=score.add if score else None)
+            hits = dist.all_sum([*score.hits, *score.fracs], runtime.device) if score else None
+            figure = sample_rows(len(split)) if measured else ()
+            kept = save_shards(group.write, masks_path(out, name), split.image_ids, shard,
+                               provenance(args, split, source, run), keep=figure)
+            if dist.is_main():
+                print(f"{masks_path(out, name)}: {len(split)} masks, mean area {shard.area:.3f} of the image", flush=True)
+                if measured:
+                    save_sample_figure(resolve(args.figure), split, kept, write=group.write)
+                    if score:
+                        k = len(score.thresholds)
+                        report_localization(score.result(hits[:k], hits[k:]), args.cam_threshold)
 
 
-def report_localization(cams, split, truth, threshold):
+def report_localization(result, threshold):
     """Share of val images localized (IoU >= 0.5) at each threshold, beside a centred box."""
-    acc, centred = localization_accuracy(cams.astype(np.float32), image_sizes(split), truth)
+    acc, centred = result
     best = max(acc, key=lambda t: (acc[t], -abs(t - threshold)))
     t = min(acc, key=lambda t: abs(t - threshold))
     print(f"localization on val (IoU >= 0.5 with the true box): {acc[t]:.3f} at --cam-threshold {threshold:g}, "

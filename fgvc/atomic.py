@@ -17,6 +17,7 @@ output directory (or file) removes them at start with `remove_temps` (see output
 """
 import os
 import re
+import signal
 import stat
 import tempfile
 from pathlib import Path
@@ -82,14 +83,8 @@ def remove_temps(directory, name=None, busy=lambda name: False):
     return removed
 
 
-def atomic_write(path, write, mode="wb"):
-    """Call `write(f)` on a temporary file next to `path`'s target, fsync it, then rename it over.
-
-    A crash, a kill or a failed write (e.g. disk full) leaves the target as it was. A failed write
-    removes its temporary file and raises OSError naming `path`. A target that is not a regular
-    file is refused (UserError) before anything is written; a symlink is written through. The new
-    file gets the mode of the one it replaces, or the usual 0666 & ~umask. Returns the target.
-    """
+def _write_temp(path, write, mode):
+    """Write `write(f)` to a fsynced temporary file next to `path`'s target: (temporary, target)."""
     given, path = path, target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -103,21 +98,92 @@ def atomic_write(path, write, mode="wb"):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
         if isinstance(e, OSError) and e.filename in (None, tmp):
             raise OSError(e.errno, f"cannot write it: {e.strerror or e}", str(given)) from e
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    return tmp, path
+
+
+def _unlink(tmp):
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def _sync_dir(directory):
+    """Make renames in `directory` durable."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_write(path, write, mode="wb"):
+    """Call `write(f)` on a temporary file next to `path`'s target, fsync it, then rename it over.
+
+    A crash, a kill or a failed write (e.g. disk full) leaves the target as it was. A failed write
+    removes its temporary file and raises OSError naming `path`. A target that is not a regular
+    file is refused (UserError) before anything is written; a symlink is written through. The new
+    file gets the mode of the one it replaces, or the usual 0666 & ~umask. Returns the target.
+    """
+    tmp, path = _write_temp(path, write, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    _sync_dir(path.parent)
     return path
+
+
+class AtomicGroup:
+    """Files replaced as one: a set of outputs that belong together (the masks of every split).
+
+        with AtomicGroup() as group:
+            group.write(path_a, write_a)   # to a temporary file, fsynced
+            group.write(path_b, write_b)
+        # all renamed over their targets here, only if the block ended without an exception
+
+    An exception (a full disk, a signal turned into an exception) inside the block removes the
+    temporary files and leaves every target as it was. The renames at the end run with SIGINT,
+    SIGTERM and SIGUSR1 held back (delivered right after), so a signal cannot land between them;
+    a SIGKILL or a power cut there can, and readers of such a group check that its files agree
+    (e.g. one run id in every masks file, fgvc/masks.py)."""
+
+    def __init__(self):
+        self.staged = []  # (temporary, target)
+
+    def write(self, path, write, mode="wb"):
+        self.staged.append(_write_temp(path, write, mode))
+        return self.staged[-1][1]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None:
+            for tmp, _ in self.staged:
+                _unlink(tmp)
+            return False
+        held = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            for n, (tmp, path) in enumerate(self.staged):
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    for t, _ in self.staged[n:]:
+                        _unlink(t)
+                    raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for directory in {path.parent for _, path in self.staged}:
+            _sync_dir(directory)
+        return False

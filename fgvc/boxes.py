@@ -43,6 +43,43 @@ def read_boxes(path):
     return dict(rows)
 
 
+class LocalizationScore:
+    """The localization metric, accumulated batch by batch (`add`), so that no N x h x w array of
+    CAMs is kept: per threshold, the number of images whose mask box (largest component) has
+    IoU >= 0.5 with the true box, and the sum of the boxes' area fractions (the centred baseline's).
+
+    sizes: (N, 2) image (width, height); truth: the N true boxes, by row."""
+
+    def __init__(self, sizes, truth, thresholds=THRESHOLDS):
+        self.sizes, self.truth, self.thresholds = np.asarray(sizes), truth, tuple(thresholds)
+        self.hits = np.zeros(len(self.thresholds))
+        self.fracs = np.zeros(len(self.thresholds))
+
+    def add(self, rows, cams):
+        """rows: the split rows of `cams` (k, h, w), normalised CAMs."""
+        _, h, w = cams.shape
+        for r, cam in zip(rows, cams):
+            W, H = self.sizes[r]
+            for j, t in enumerate(self.thresholds):
+                b = mask_to_box((cam >= t).astype(np.uint8)) if cam.max() > 0 else None
+                self.hits[j] += box_iou(scale_box(b, W / w, H / h), self.truth[r]) >= 0.5
+                self.fracs[j] += 0.0 if b is None else b[2] * b[3] / (w * h)
+
+    def result(self, hits=None, fracs=None):
+        """({threshold: share}, {threshold: share of the centred box}); `hits`, `fracs`: the sums
+        over every process, where several scored a shard each."""
+        hits = self.hits if hits is None else np.asarray(hits)
+        fracs = self.fracs if fracs is None else np.asarray(fracs)
+        n = len(self.truth)
+        acc, centred = {}, {}
+        for j, t in enumerate(self.thresholds):
+            acc[t] = float(hits[j] / n)
+            s = np.sqrt(fracs[j] / n)
+            cb = [((W - W * s) / 2, (H - H * s) / 2, W * s, H * s) for W, H in self.sizes]
+            centred[t] = float(np.mean([box_iou(b, g) >= 0.5 for b, g in zip(cb, self.truth)]))
+        return acc, centred
+
+
 def localization_accuracy(cams, sizes, truth, thresholds=THRESHOLDS):
     """Share of images whose mask box (largest component) has IoU >= 0.5 with the true box.
 
@@ -50,16 +87,6 @@ def localization_accuracy(cams, sizes, truth, thresholds=THRESHOLDS):
     Returns {threshold: share}, and the centred-box baseline at each threshold: a box centred in
     the image, with the image's aspect and the mean area fraction of that threshold's boxes.
     """
-    n, h, w = cams.shape
-    acc, centred = {}, {}
-    for t in thresholds:
-        boxes, fracs = [], []
-        for i in range(n):
-            b = mask_to_box((cams[i] >= t).astype(np.uint8)) if cams[i].max() > 0 else None
-            boxes.append(scale_box(b, sizes[i][0] / w, sizes[i][1] / h))
-            fracs.append(0.0 if b is None else b[2] * b[3] / (w * h))
-        acc[t] = float(np.mean([box_iou(b, g) >= 0.5 for b, g in zip(boxes, truth)]))
-        s = np.sqrt(np.mean(fracs))
-        cb = [((W - W * s) / 2, (H - H * s) / 2, W * s, H * s) for W, H in sizes]
-        centred[t] = float(np.mean([box_iou(b, g) >= 0.5 for b, g in zip(cb, truth)]))
-    return acc, centred
+    score = LocalizationScore(sizes, truth, thresholds)
+    score.add(range(len(cams)), cams)
+    return score.result()

@@ -79,6 +79,18 @@ def all_gather_objects(obj):
     return out
 
 
+def gather_to_main(tensor):
+    """[tensor of rank 0, of rank 1, ...] on rank 0 (CPU tensors of the same shape), None on the
+    others; [tensor] in a single process. Only rank 0 receives: nothing grows on the others."""
+    if not enabled():
+        return [tensor]
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = tensor.to(on)
+    out = [torch.empty_like(t) for _ in range(world())] if is_main() else None
+    dist.gather(t, out, dst=0)
+    return [o.cpu() for o in out] if out is not None else None
+
+
 def broadcast_object(obj):
     """Rank 0's `obj`, on every rank."""
     if not enabled():

@@ -19,10 +19,16 @@ def overlay(img, mask, color=(255, 64, 0), alpha=0.45):
     return out, m
 
 
-def save_sample_figure(path, split, masks, n=4, cell=256):
-    """A grid with one row per image: image | mask | overlay, each cell x cell."""
+def sample_rows(n_rows, n=4):
+    """The rows of a split the figure shows."""
+    return [int(r) for r in np.linspace(0, n_rows - 1, min(n, n_rows)).round().astype(int)]
+
+
+def save_sample_figure(path, split, masks, n=4, cell=256, write=atomic_write):
+    """A grid with one row per image: image | mask | overlay, each cell x cell. `masks[r]` is the
+    mask of row r (an array, or a dict of the `sample_rows`); `write(path, fn)` writes the file."""
     rows = []
-    for r in np.linspace(0, len(split) - 1, min(n, len(split))).round().astype(int):
+    for r in sample_rows(len(split), n):
         try:
             img = read_rgb(split.path(r))
         except BadImage:
@@ -36,4 +42,4 @@ def save_sample_figure(path, split, masks, n=4, cell=256):
     for j, title in enumerate(("image", "mask", "overlay")):
         cv2.putText(grid, title, (j * cell + 8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
     ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    atomic_write(path, lambda f: f.write(png.tobytes()))
+    write(path, lambda f: f.write(png.tobytes()))

@@ -1,9 +1,11 @@
 """torchrun with gloo on the CPU: 2 processes train, localize and test like one."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -62,6 +64,15 @@ def test_sharded_localization_and_test_equal_single_process(runs):
     for split in ("train", "val", "test"):
         a, b = np.load(single / f"masks_{split}.npz"), np.load(tmp / "c2" / f"masks_{split}.npz")
         assert np.array_equal(a["image_ids"], b["image_ids"]) and np.array_equal(a["masks"], b["masks"])
+        # byte for byte up to the provenance, which differs in its run id and checkpoint path only
+        one, two = (zipfile.ZipFile(d / f"masks_{split}.npz") for d in (single, tmp / "c2"))
+        at = one.getinfo("provenance.npy").header_offset
+        assert at == two.getinfo("provenance.npy").header_offset
+        assert (single / f"masks_{split}.npz").read_bytes()[:at] == (tmp / "c2" / f"masks_{split}.npz").read_bytes()[:at]
+        made = [json.loads(str(np.load(d / f"masks_{split}.npz")["provenance"])) for d in (single, tmp / "c2")]
+        assert made[0].pop("run") != made[1].pop("run")
+        assert made[0].pop("checkpoint").startswith(str(single)) and made[1].pop("checkpoint").startswith(str(tmp / "c2"))
+        assert made[0] == made[1]
     common = ["--data", data, "--coarse", tmp / "c2", "--fine", tmp / "c2", "--model", "coarse", "--device", "cpu",
               "--workers", "0", "--amp", "off", "--batch-size", "2"]
     torchrun(ROOT / "test.py", *common, "--submission", tmp / "s2.csv")
