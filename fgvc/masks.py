@@ -156,13 +156,18 @@ def save_shards(write, path, image_ids, shard, provenance, keep=()):
     return kept
 
 
+def _provenance(zf):
+    """The provenance stored in an open masks file, parsed from its JSON text (None in files without one)."""
+    if "provenance.npy" not in zf.namelist():
+        return None
+    return json.loads(str(np.lib.format.read_array(zf.open("provenance.npy"), allow_pickle=False)))
+
+
 def masks_run(path):
     """The localization run id recorded in a masks file's provenance (None in older files)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            if "provenance.npy" not in zf.namelist():
-                return None
-            made = json.loads(str(np.lib.format.read_array(zf.open("provenance.npy"), allow_pickle=False)))
+            made = _provenance(zf)
     except Exception as e:
         raise DatasetError(f"{path}: unreadable masks file ({type(e).__name__}: {e})") from None
     return made.get("run") if isinstance(made, dict) else None
@@ -242,8 +247,8 @@ def _check_masks_file(path, zf, ids, shape, split):
                            f"({int((counts > 1).sum())} repeated ids)")
     if min(shape[1:]) < MIN_MASK_SIZE:
         raise DatasetError(f"{path}: masks of {shape[1]} x {shape[2]}, smaller than the {MIN_MASK_SIZE} x {MIN_MASK_SIZE} minimum")
-    if "provenance.npy" in zf.namelist():
-        made = json.loads(str(np.lib.format.read_array(zf.open("provenance.npy"), allow_pickle=False)))
+    made = _provenance(zf)
+    if made is not None:
         if made.get("fingerprint") != split_fingerprint(split):
             raise DatasetError(
                 f"{path}: made from another {made.get('split', 'split')} than {split.json_path or split.name} "
