@@ -4,6 +4,7 @@
     python3 test.py --split val              # the evaluation table on val (coarse vs fine, tau 0 vs tau)
     python3 test.py --tau auto               # pick tau on val, apply it to test
     python3 test.py --model coarse           # the baseline: the coarse model on whole images
+    python3 test.py --preflight              # a few minutes: rates, memory, the projected time
 
 Reads  --data/{train,val,test}2019.json and images (train for the class prior);
        --fine/checkpoint.pt, --coarse/checkpoint.pt, --coarse/masks_{val,test}.npz;
@@ -11,6 +12,7 @@ Reads  --data/{train,val,test}2019.json and images (train for the class prior);
 Writes --submission (default submission.csv; submission_val.csv for --split val), atomically:
        header `id,predicted`, one row per image, 5 category ids best first. The path is checked
        (and locked, `.<name>.lock` beside it) at start: never an input, never a FIFO or device.
+       With --preflight only preflight.json beside --submission (fgvc/preflight.py).
 """
 import sys
 from collections import Counter
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parent; sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from fgvc import cli, dist, outputs
+from fgvc import cli, dist, outputs, preflight
 from fgvc.annotations import class_counts, class_prior, load_dataset
 from fgvc.checkpoint import CHECKPOINT
 from fgvc.config import TestConfig, parse_tau
@@ -123,7 +125,8 @@ def claim_inputs_and_outputs(args):
     coarse, fine = resolve(args.coarse), resolve(args.fine)
     reads = [("the --fine checkpoint", fine / CHECKPOINT), ("the --coarse checkpoint", coarse / CHECKPOINT),
              ("the hidden labels", resolve(args.data) / "truth" / "test_labels.csv")]
-    outputs.claim(None, [("--submission", out)], reads + [("the --coarse masks", masks_path(coarse, n)) for n in splits], splits.values())
+    writes = [("the preflight report", out.parent / preflight.REPORT)] if args.preflight else [("--submission", out)]
+    outputs.claim(None, writes, reads + [("the --coarse masks", masks_path(coarse, n)) for n in splits], splits.values())
     return classes, splits, out
 
 
@@ -160,6 +163,8 @@ def main(args):
     device = dist.setup(args.device)
     tau = parse_tau(args.tau)
     classes, splits, out = claim_inputs_and_outputs(args)
+    if args.preflight:  # bounded; writes only preflight.json beside --submission
+        return preflight.test(args, classes, splits, device, out.parent / preflight.REPORT)
     counts = class_counts(splits["train"], len(classes))
     prior = class_prior(counts)
     if tau is not None:

@@ -2,12 +2,14 @@
 
     cd coarse && python3 train.py                      # the original: senet154, 448 px, 32 epochs
     python3 coarse/train.py --localize-only            # masks from the saved checkpoint
+    python3 coarse/train.py --preflight                # a few minutes: rates, memory, the projected time
     torchrun --nproc_per_node 4 coarse/train.py ...    # several GPUs (see README)
 
 Reads  --data/{train,val,test}2019.json and their images; --pretrained (res/senet154-c7b49a05.pth).
 Writes --out/checkpoint.pt, --out/log.jsonl, --out/tb/ (TensorBoard),
        --out/masks_{train,val,test}.npz (image_ids int64 N; masks uint8 0/1 N x h x w),
        --figure (default --out/sample.png). --out is locked while the run lasts.
+       With --preflight only --out/preflight.json (fgvc/preflight.py).
 """
 import sys
 import uuid
@@ -15,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
-from fgvc import cli, dist, outputs
+from fgvc import cli, dist, outputs, preflight
 from fgvc.annotations import class_counts, load_dataset
 from fgvc.backbones import mean_pixel, require_weights, weights_path_arg
 from fgvc.atomic import AtomicGroup
@@ -24,7 +26,7 @@ from fgvc.cam import localize_shard
 from fgvc.checkpoint import CHECKPOINT, check_matches, class_info, load_checkpoint
 from fgvc.config import RESIZE, CoarseConfig
 from fgvc.datasets import ImageDataset
-from fgvc.engine import fit, fit_outputs, seed_everything
+from fgvc.engine import Parts, fit, fit_outputs, seed_everything
 from fgvc.errors import DatasetError
 from fgvc.image import image_sizes
 from fgvc.inference import prepare_model, steady_heap
@@ -40,15 +42,19 @@ def get_args_parser():
     return cli.parser(CoarseConfig)  # every flag, its default and range: fgvc/config.py, docs/config.md
 
 
-def train(args, config, classes, splits, pretrained):
+def training_parts(args, classes, splits, pretrained):
+    """The model to train, its datasets, and what its checkpoint records."""
     model = build_model("coarse", args.arch, len(classes), pretrained=pretrained, freeze=args.freeze, dropout=args.dropout,
                         frozen_bn=args.frozen_bn)
     train_set = ImageDataset(splits["train"], TrainTransform(args.img_size, args.resize, mean_pixel(args.arch), rotation=args.rotation), args.seed)
     val_set = ImageDataset(splits["val"], EvalTransform(args.img_size), args.seed)
     margs = model_args("coarse", args.arch, len(classes), args.freeze, args.dropout)
-    info = class_info(classes, class_counts(splits["train"], len(classes)))
-    return fit(model, train_set, val_set, config=config, out_dir=resolve(args.out), class_ids=classes.ids, model_args=margs,
-               class_info=info)
+    return Parts(model, train_set, val_set, margs, classes.ids, class_info(classes, class_counts(splits["train"], len(classes))))
+
+
+def train(args, config, parts):
+    return fit(parts.model, parts.train_set, parts.val_set, config=config, out_dir=resolve(args.out), class_ids=parts.class_ids,
+               model_args=parts.model_args, class_info=parts.class_info)
 
 
 def provenance(args, split, source, run):
@@ -122,6 +128,8 @@ def main(args):
     out = resolve(args.out)
     classes, splits = load_dataset(resolve(args.data))
     check_overlap(splits, allow=args.allow_overlap)
+    if args.preflight:  # bounded; writes only --out/preflight.json
+        return preflight.coarse(args, config, training_parts(args, classes, splits, pretrained), splits, pretrained)
     truth = val_boxes(args, splits["val"])
     args.figure = str(resolve(args.figure or out / "sample.png"))
     writes, folders = ([], []) if args.localize_only else fit_outputs(out, args.epochs if args.keep_epochs else 0)
@@ -135,7 +143,7 @@ def main(args):
         model = model_from_checkpoint(ckpt)
         source = f"{out / CHECKPOINT} (epoch {ckpt['epoch']}, step {ckpt['step']})"
     else:
-        model = train(args, config, classes, splits, pretrained)
+        model = train(args, config, training_parts(args, classes, splits, pretrained))
         source = f"{out / CHECKPOINT} (epoch {args.epochs})"
     steady_heap()  # the localization pass (after training: this keeps the heap's size, for inference only)
     localize_splits(prepare_model(model, device), args, config.eval, splits, source, truth)

@@ -343,6 +343,13 @@ TEST_SCORING = Section("what to score", (
     Flag("tta_mirror_factors", float, TTA_MIRROR_FACTORS, "crop area factors on the mirror", nargs="*", range=POSITIVE),
 ))
 
+PREFLIGHT = Section("preflight (fgvc/preflight.py)", (
+    Flag("preflight", None, False, "run this command's settings on its device for a bounded time, then print and write "
+         "only --out/preflight.json (test.py: beside --submission): images/s of the loader alone and of the step, which "
+         "of the two limits the run, peak memory, and the projected time of the full run", switch="on"),
+    Flag("preflight_steps", int, 50, "batches each preflight measurement times, after its warm-up", range=COUNT),
+))
+
 # How a scoring pass runs (test.py, bench/ablate.py).
 SCORING_RUNTIME = Section("runtime", (
     replace(BATCH_SIZE, default=8, help="images per batch, each with all its crops", keep=False),
@@ -353,12 +360,12 @@ SCORING_RUNTIME = Section("runtime", (
 ))
 
 CoarseConfig = StageConfig("coarse", "Coarse stage: CAM classifier and localization masks",
-                           (data_section("coarse/out"), MODEL, COARSE_AUGMENTATION, TRAIN, LOCALIZATION), keeps_also=("world_size",))
+                           (data_section("coarse/out"), MODEL, COARSE_AUGMENTATION, TRAIN, LOCALIZATION, PREFLIGHT), keeps_also=("world_size",))
 FineConfig = StageConfig("fine", "Fine stage: classifier on CAM crops",
-                         (data_section("fine/out"), Section("the coarse stage's output", (COARSE_DIR,)), MODEL, FINE_CROPS, TRAIN),
+                         (data_section("fine/out"), Section("the coarse stage's output", (COARSE_DIR,)), MODEL, FINE_CROPS, TRAIN, PREFLIGHT),
                          keeps_also=("world_size",))
 TestConfig = StageConfig("test", "Test: fine model on crops, prior correction, submission.csv",
-                         (TEST_INPUTS, TEST_SCORING, Section("runtime", SCORING_RUNTIME.flags + tuple(replace(f, keep=False) for f in DECODING))))
+                         (TEST_INPUTS, TEST_SCORING, Section("runtime", SCORING_RUNTIME.flags + tuple(replace(f, keep=False) for f in DECODING)), PREFLIGHT))
 CONFIGS = (CoarseConfig, FineConfig, TestConfig)
 
 

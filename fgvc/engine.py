@@ -338,6 +338,19 @@ def train_one_epoch(state, loader, *, epoch, skip, steps_per_epoch, bad, logger)
     return loss_sum, seen
 
 
+@dataclass
+class Parts:
+    """What a training stage trains: the model, its datasets, and what its checkpoint records
+    (`fit`'s arguments; the preflight's too)."""
+
+    model: torch.nn.Module
+    train_set: object  # datasets.ImageDataset
+    val_set: object
+    model_args: dict  # stages.model_args
+    class_ids: list
+    class_info: dict  # checkpoint.class_info
+
+
 def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args, class_info=None):
     """Train `model` on `train_set`, validating on `val_set` every epoch; returns the model.
 

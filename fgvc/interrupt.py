@@ -91,6 +91,11 @@ def progress(where=None, saved=None):
         _state["saved"] = saved
 
 
+def forget_saved():
+    """No checkpoint of this run on disk any more (the preflight's temporary one is removed)."""
+    _state["saved"] = None
+
+
 def stop_message(signum):
     """One line: what stopped the run, where, what is on disk and how to go on."""
     name = signal.Signals(signum).name
