@@ -8,7 +8,9 @@ Writes bench/gpu_results.json, after every phase (a run cut short keeps what it 
                             SGD step included, synthetic uint8 batches already on the device
   train_peak_gpu_mb         the same, peak memory allocated by torch
   loader_images_per_s       the training input pipeline (TrainTransform 448/512 on 800 px JPEGs) with
-                            one loader process per CPU core: can the CPUs feed the GPU?
+                            one loader process per CPU of os.sched_getaffinity, 50 batches a worker
+                            timed after the first 2 x workers: can the CPUs feed the GPU?
+  (fp32 runs convolutions and matmuls in TF32 where tf32_conv / tf32_matmul say so)
   localize_images_per_s     fgvc.cam.localize (logits + CAM -> masks), batch 32, bf16, and
                             predict_images_per_s (logits only) beside it; localize_overhead = ratio
   test_images_per_s         fgvc.inference.score on 16 crops an image, 8 images a batch, bf16; and
@@ -38,6 +40,8 @@ from fgvc.config import RECIPE, CoarseConfig, Runtime
 from fgvc.datasets import ImageDataset, make_loader
 from fgvc.engine import make_optimizer, train_step
 from fgvc.inference import autocast_for, predict, prepare_model, score, to_device
+from fgvc.preflight import discard_count
+from fgvc.preflight import loader_rate as preflight_loader_rate
 from fgvc.stages import build_model
 from fgvc.transforms import TrainTransform
 
@@ -122,23 +126,22 @@ def timed(fn, device):
     return n / (time.perf_counter() - t0), peak_mb(device)
 
 
-def loader_rate(args, device, passes):
-    """The training input pipeline with one loader process per core, over 800 px JPEGs."""
+def loader_rate(args, device, per_worker):
+    """The training input pipeline with one loader process per CPU this process may use
+    (os.sched_getaffinity), over 800 px JPEGs: `per_worker` batches a worker timed, after the
+    first 2 x workers discarded (start-up, the queue prefetched at iter(); fgvc.preflight.loader_rate)."""
     from bench.images import make_images
     from bench.models import image_split
 
-    workers = os.cpu_count() or 1
+    workers = len(os.sched_getaffinity(0))
     paths = make_images(ROOT / "bench" / "work", workers=workers)  # the images of bench/run.py
     dataset = ImageDataset(image_split(paths), TrainTransform(args.img_size, round(args.img_size * 512 / 448),
                                                               fill=mean_pixel(args.arch)))
-    rows = list(range(len(dataset))) * passes
-    loader = make_loader(dataset, args.batch_size, workers, device, sampler=rows)
-    it = iter(loader)
-    next(it)  # workers started
-    t0, n = time.perf_counter(), 0
-    for x, *_ in it:
-        n += len(x)
-    return n / (time.perf_counter() - t0), workers
+    discard = discard_count(workers)
+    batches = discard + 1 + per_worker * workers
+    rows = [i % len(dataset) for i in range(batches * args.batch_size)]
+    rate, _ = preflight_loader_rate(make_loader(dataset, args.batch_size, workers, device, sampler=rows), discard)
+    return rate, workers, batches - discard - 1
 
 
 def main(args):
@@ -151,7 +154,7 @@ def main(args):
     torch.backends.cudnn.benchmark = True
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'smoke'})",
            "smoke": args.smoke, "torch": torch.__version__, "cuda": torch.version.cuda, "arch": args.arch,
-           "img_size": args.img_size, "batch_size": args.batch_size, "cpu_cores": os.cpu_count(),
+           "img_size": args.img_size, "batch_size": args.batch_size, "cpu_cores": len(os.sched_getaffinity(0)),
            "tf32_conv": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
     out = Path(args.out)
 
@@ -175,8 +178,8 @@ def main(args):
         torch.cuda.empty_cache()
 
     # 2. can the CPUs feed it? the input pipeline with every core
-    rate, workers = loader_rate(args, device, passes=1 if args.smoke else 10)
-    res["loader_images_per_s"], res["loader_workers"] = round(rate, 1), workers
+    rate, workers, n_timed = loader_rate(args, device, per_worker=50)
+    res["loader_images_per_s"], res["loader_workers"], res["loader_batches_timed"] = round(rate, 1), workers, n_timed
     save("loader")
 
     # 3. localization (coarse model, whole images) vs plain prediction

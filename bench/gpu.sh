@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x .venv/bin/python ]; then
     PY=.venv/bin/python
-elif python3 -c "import torch, torchvision, pretrainedmodels, cv2, tqdm" 2>/dev/null; then
+elif python3 -c "import bench.gpu" 2>/dev/null; then  # the imports bench/gpu.py itself needs
     PY=python3
 else
     python3 -m venv .venv

@@ -172,7 +172,7 @@ def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
     from harness import ROOT
 
     out = tmp_path / "gpu.json"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--out", str(out)],
+    p = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--smoke", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(out.read_text())
