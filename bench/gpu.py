@@ -13,6 +13,8 @@ Writes bench/gpu_results.json, after every phase (a run cut short keeps what it 
   (fp32 runs convolutions and matmuls in TF32 where tf32_conv / tf32_matmul say so)
   localize_images_per_s     fgvc.cam.localize (logits + CAM -> masks), batch 32, bf16, and
                             predict_images_per_s (logits only) beside it; localize_overhead = ratio
+                            (synthetic 448 x 448); localize_mixed_images_per_s: on whole 800 px images
+                            of mixed real sizes, short side 512 (localize_mixed_sizes distinct sizes)
   test_images_per_s         fgvc.inference.score on 16 crops an image, 8 images a batch, bf16; and
   test_batch1_images_per_s  the original's loop (one image's 16 crops a forward pass);
                             tta_speedup_vs_batch1 = ratio
@@ -43,7 +45,7 @@ from fgvc.inference import autocast_for, predict, prepare_model, score, to_devic
 from fgvc.preflight import discard_count
 from fgvc.preflight import loader_rate as preflight_loader_rate
 from fgvc.stages import build_model
-from fgvc.transforms import TrainTransform
+from fgvc.transforms import ShortSideTransform, TrainTransform
 
 K = 1010
 
@@ -144,6 +146,22 @@ def loader_rate(args, device, per_worker):
     return rate, workers, batches - discard - 1
 
 
+def mixed_sizes(args):
+    """Whole images of mixed real sizes (bench/images.py's 800 px JPEGs, their aspects as drawn), as the
+    localization reads them (short side 512 for 448 px inputs)."""
+    from PIL import Image
+
+    from bench.images import make_images
+    from bench.models import image_split
+
+    paths = make_images(ROOT / "bench" / "work", workers=len(os.sched_getaffinity(0)))[: args.images]
+    split = image_split(paths)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            split.sizes[i] = im.size
+    return ImageDataset(split, ShortSideTransform(round(args.img_size * 512 / 448)))
+
+
 def main(args):
     if args.smoke:
         args.img_size, args.batch_size, args.steps, args.warmup, args.images = 64, 2, 2, 1, 8
@@ -200,6 +218,15 @@ def main(args):
     res["localize_images_per_s"], res["localize_peak_gpu_mb"] = timed(run_localize, device)
     res["predict_images_per_s"], _ = timed(run_predict, device)
     res["localize_overhead"] = round(res["predict_images_per_s"] / res["localize_images_per_s"], 3)
+    mixed = mixed_sizes(args)  # the 800 px drawings at the localization's short side, aspect kept: sizes as they come
+
+    def run_mixed():
+        with redirect_stderr(io.StringIO()):
+            localize(model, mixed, Runtime(device, bs, 0, "bf16"), mask_size=(64, 64), threshold=0.5, use_labels=False)
+        return len(mixed)
+
+    res["localize_mixed_images_per_s"], _ = timed(run_mixed, device)
+    res["localize_mixed_sizes"] = len({tuple(s) for s in mixed.transform.output_sizes(mixed.split.sizes)})
     save("localize")
     del model
 

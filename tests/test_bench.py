@@ -177,7 +177,8 @@ def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["phases_done"] == ["train fp32", "train bf16", "train bf16_channels_last", "loader", "localize", "test"]
-    for key in ("loader_images_per_s", "localize_images_per_s", "predict_images_per_s", "test_images_per_s",
+    assert res["localize_mixed_sizes"] > 1 and res["loader_batches_timed"] >= 50 * res["loader_workers"]
+    for key in ("loader_images_per_s", "localize_images_per_s", "localize_mixed_images_per_s", "predict_images_per_s", "test_images_per_s",
                 "test_batch1_images_per_s", "localize_overhead", "tta_speedup_vs_batch1"):
         assert res[key] > 0, key
     assert all(v > 0 for v in res["train_images_per_s"].values())
