@@ -3,6 +3,7 @@
 # make ablate        the ablation table of the demo's runs (fig/ablation.md, fig/ablation.png; ROWS=test for the test-time rows only; about 18 minutes)
 # make test          the test suite (what CI runs; about 9 minutes on 2 cores)
 # make bench         the performance harness (bench/results.json; about 15 minutes)
+# make bench-scale   what grows with the dataset, at iNat 2019 / 2021-mini / 2021 sizes (bench/scale.py; scale_* keys in bench/results.json)
 # Each creates .venv from requirements.txt the first time.
 
 PYTHON ?= python3
@@ -32,7 +33,7 @@ SCRATCH := $(SCRATCH_MODEL) --batch-size 32 --optimizer adamw --lr 0.003 --weigh
 
 ROWS ?= all
 
-.PHONY: demo demo-scratch toy ablate test bench clean-demo
+.PHONY: demo demo-scratch toy ablate test bench bench-scale clean-demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -72,3 +73,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py

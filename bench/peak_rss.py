@@ -67,6 +67,7 @@ class TreeSampler(threading.Thread):
 
 if __name__ == "__main__":
     out, script, *args = sys.argv[1:]
+    out = out.replace("{rank}", os.environ.get("RANK", "0"))  # under torchrun: one file per process
     sys.argv = [script, *args]
     sys.path[0] = str(Path(script).resolve().parent)  # as `python3 script` would have it
     sampler = TreeSampler()
