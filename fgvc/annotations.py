@@ -13,7 +13,6 @@ standard library's json with a check of every entry in file order, which names t
 """
 import codecs
 import errno
-import itertools
 import json
 import os
 import sys
@@ -315,14 +314,24 @@ def _fast_rows(path, name, classes, doc, categories):
     first = names.first_bytes()
     for r in np.union1d(names.rows_holding(SUSPECT_BYTES), np.flatnonzero((first < 0) | (first == ord("/")))):
         _check_file_name(names[r], path, "")  # raises: None, and _read_checked names the entry
-    sizes = np.fromiter(itertools.chain.from_iterable((_size(im.width), _size(im.height)) for im in images), np.int64, 2 * n)
-    sizes = sizes.reshape(n, 2)[order]
+    sizes = np.stack([_fast_sizes([im.width for im in images]), _fast_sizes([im.height for im in images])], axis=1)[order]
     labels = None
     if annotations:
         labels = _fast_labels(annotations, ids, classes)
         if labels is None:
             return None
     return ids, names, labels, sizes, classes
+
+
+def _fast_sizes(values):
+    """_size of each value, as int64: at C speed where every value is an int in the int64 range."""
+    if set(map(type, values)) <= {int}:
+        try:
+            a = np.array(values, dtype=np.int64)
+            return np.where(a > 0, a, -1)
+        except OverflowError:
+            pass
+    return np.fromiter(map(_size, values), np.int64, len(values))
 
 
 def _fast_labels(annotations, ids, classes):
