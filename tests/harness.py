@@ -19,8 +19,33 @@ sys.path.insert(0, str(ROOT))  # fgvc, bench and data importable however pytest 
 from fgvc import cli  # noqa: E402
 
 COLORS = [(230, 40, 40), (40, 200, 40), (40, 40, 230), (220, 220, 40), (200, 40, 200)]
+
+# ---------------------------------------------------------------- tiny runs: the one set of flags
+
+# The model and machine of every tiny run: resnet18 from scratch, 64 px, the CPU, batch 8, fp32.
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img-size", "64", "--device", "cpu", "--workers", "0",
         "--batch-size", "8", "--amp", "off"]
+# The coarse stage's geometry in the runs tests break or inspect: at 48 px resnet18's last map is
+# 2 x 2, so a CAM is not flat (at 32 px it is 1 x 1); 32 x 32 masks, the smallest allowed.
+COARSE_TINY = [*TINY, "--img-size", "48", "--resize", "56", "--mask-size", "32", "32"]
+FINE_TINY = [*TINY, "--img-size", "32"]
+SCORING_TINY = ["--device", "cpu", "--workers", "0", "--amp", "off"]
+STEPS_PER_EPOCH = 3  # make_dataset's 24 train images at batch 8
+
+
+def coarse_args(data, out, *extra):
+    """A tiny coarse run's command line; its sample figure beside --out, never the repo's fig/sample.png."""
+    fig = Path(out).parent / f"{Path(out).name}_sample.png"
+    return ["--data", data, "--out", out, *COARSE_TINY, "--figure", fig, *extra]
+
+
+def fine_args(data, out, coarse, *extra):
+    return ["--data", data, "--out", out, "--coarse", coarse, *FINE_TINY, *extra]
+
+
+def scoring_args(data, coarse, fine, submission, *extra):
+    return ["--data", data, "--coarse", coarse, "--fine", fine, "--submission", submission, *SCORING_TINY, *extra]
+
 
 
 def make_dataset(root, category_ids=(40, 5, 17), per_class=(8, 3, 3), seed=0, size=(120, 160)):
@@ -98,6 +123,19 @@ def spoil(path, kind):
         path.write_bytes(cv2.imencode(".png", np.dstack([bgr, np.full(bgr.shape[:2], 200, np.uint8)]))[1].tobytes())
     elif kind == "png_bytes":
         path.write_bytes(cv2.imencode(".png", bgr)[1].tobytes())
+
+
+def jpeg_bytes(h=60, w=80):
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def bomb(data):
+    """The same JPEG with its frame header declaring 30000 x 30000 pixels."""
+    b = bytearray(data)
+    sof = next(i for i in range(2, len(b) - 1) if b[i] == 0xFF and b[i + 1] in (0xC0, 0xC2))
+    b[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") * 2
+    return bytes(b)
 
 
 # ---------------------------------------------------------------- the stages in-process

@@ -4,17 +4,13 @@ import math
 
 import numpy as np
 import pytest
-from harness import call, error_line, make_dataset, stage
+from harness import call, coarse_args, error_line, fine_args, make_dataset, stage
 
 from fgvc.annotations import load_dataset
 from fgvc.checkpoint import load_checkpoint
 from fgvc.config import FineConfig
 from fgvc.errors import UserError
 from fgvc.metrics import sign_test, wilson_interval
-
-TINY = ["--arch", "resnet18", "--pretrained", "none", "--img-size", "48", "--device", "cpu", "--workers", "0",
-        "--batch-size", "8", "--amp", "off", "--epochs", "1"]
-
 
 def test_wilson_interval_known_values():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
@@ -49,11 +45,10 @@ def test_boxes_become_masks_on_the_grid(tmp_path):
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("abl")
     data = make_dataset(tmp / "ds")
-    call("coarse/train.py", "--data", data, "--out", tmp / "coarse", *TINY, "--resize", "56", "--mask-size", "32", "32",
-         "--figure", tmp / "s.png")
+    call("coarse/train.py", *coarse_args(data, tmp / "coarse", "--epochs", "1"))
     # a baseline with a flag off its default: the retrained rows must keep it
-    call("fine/train.py", "--data", data, "--out", tmp / "fine", "--coarse", tmp / "coarse", *TINY, "--crop-centre", "on-mask",
-         "--crop-k", "1.5", "--log-every", "3")
+    call("fine/train.py", *fine_args(data, tmp / "fine", tmp / "coarse", "--img-size", "48", "--epochs", "1",
+                                     "--crop-centre", "on-mask", "--crop-k", "1.5", "--log-every", "3"))
     return tmp, data
 
 

@@ -1,7 +1,7 @@
 """The one config (fgvc/config.py): argparse built from it, checkpoints' args rebuilt into it (old
 ones too) and replayed as a command line, and docs/config.md generated from it."""
 import pytest
-from harness import ROOT, stage
+from harness import ROOT, error_line, stage
 
 from fgvc import cli, config
 from fgvc.config import CONFIGS, CoarseConfig, FineConfig, TestConfig
@@ -87,3 +87,38 @@ def test_help_says_each_default():
     text = " ".join(text.split())
     assert "(default: 0.25)" in text and "(default: 5e-4)" not in text and "(default: 0.0005)" in text
     assert "(default: 2 x --batch-size)" in text
+
+
+# ---------------------------------------------------------------- every range refused at start, through the command line
+
+BAD_FLAGS = [
+    ("test.py", ["--tau", "nan"], "--tau nan: not a finite number"),
+    ("test.py", ["--tau", "inf"], "--tau inf: not a finite number"),
+    ("test.py", ["--tau", "1e400"], "--tau inf: not a finite number"),
+    ("test.py", ["--tau", "-1"], "--tau -1: must be >= 0"),
+    ("test.py", ["--tta-factors", "1", "0"], "--tta-factors 0: must be > 0"),
+    ("coarse/train.py", ["--localize-only", "--cam-threshold", "2"], "--cam-threshold 2: must be > 0 and <= 1"),
+    ("coarse/train.py", ["--localize-only", "--cam-threshold", "nan"], "--cam-threshold nan: not a finite number"),
+    ("coarse/train.py", ["--localize-only", "--cam-threshold", "-1"], "--cam-threshold -1: must be > 0 and <= 1"),
+    ("coarse/train.py", ["--epochs", "0"], "--epochs 0: must be >= 1"),
+    ("coarse/train.py", ["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    ("coarse/train.py", ["--eval-batch-size", "0"], "--eval-batch-size 0: must be >= 1"),
+    ("coarse/train.py", ["--workers", "-1"], "--workers -1: must be >= 0"),
+    ("coarse/train.py", ["--img-size", "0"], "--img-size 0: must be >= 16"),
+    ("coarse/train.py", ["--lr", "nan"], "--lr nan: not a finite number"),
+    ("coarse/train.py", ["--dropout", "1.5"], "--dropout 1.5: must be >= 0 and <= 1"),
+    ("coarse/train.py", ["--mask-size", "16", "16"], "--mask-size 16: must be >= 32 and <= 4096"),
+    ("coarse/train.py", ["--device", "foo"], "--device 'foo': not a device (auto, cpu, cuda, cuda:N)"),
+    ("fine/train.py", ["--crop-k", "0"], "--crop-k 0: must be > 0"),
+    ("coarse/train.py", ["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+]
+
+
+@pytest.mark.parametrize("script,flags,message", BAD_FLAGS, ids=[" ".join(f[1]) for f in BAD_FLAGS])
+def test_impossible_flags_are_refused_at_start(tmp_path, run_cli, script, flags, message):
+    out = tmp_path / "out"
+    where = ["--submission", tmp_path / "s.csv"] if script == "test.py" else ["--out", out]
+    code, _, err = run_cli(script, "--data", tmp_path / "nowhere", *where, *flags)
+    assert code == 2 and error_line(err) == f"error: {message}", err
+    assert len(err.strip().splitlines()) == 1  # no usage block, no traceback
+    assert not out.exists() and not (tmp_path / "s.csv").exists()

@@ -1,14 +1,17 @@
 """The two JPEG decoders give one result, and EXIF orientation is applied on both (fgvc/image.py).
 
 simplejpeg (libjpeg-turbo called directly) decodes colour JPEGs; OpenCV decodes everything else
-and is the reference: the tests force it with decoder="opencv". No timing is asserted here.
+and is the reference: the tests force it with decoder="opencv". Files that would exhaust or hang a
+reader (a header declaring 900 megapixels, a FIFO, a JPEG cut short) are refused without decoding.
+No timing is asserted here.
 """
+import os
 import struct
 
 import cv2
 import numpy as np
 import pytest
-from harness import spoil
+from harness import bomb, jpeg_bytes, spoil
 
 from fgvc import image
 from fgvc.image import BadImage, exif_orientation, read_rgb
@@ -216,3 +219,45 @@ def test_image_sizes_decodes_upright_where_the_json_has_none(tmp_path):
     split = Split(name="val", json_path=None, root=tmp_path, image_ids=np.array([1, 2]), file_names=["r.jpg", "j.jpg"],
                   labels=None, sizes=np.array([[-1, -1], [60, 40]]))
     assert image_sizes(split).tolist() == [[40, 60], [60, 40]]  # decoded: upright; json: as written
+
+
+# ---------------------------------------------------------------- decompression bombs, FIFOs, corrupt JPEGs
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    def never(*_):
+        raise AssertionError("decoded: the header alone should have refused it")
+
+    monkeypatch.setattr(image, "_simplejpeg", never)  # refused from the header, before 900 MP are decoded
+    monkeypatch.setattr(image, "_opencv", never)
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(bomb(jpeg_bytes()))
+    with pytest.raises(BadImage, match=r"declares 30000 x 30000 pixels, more than --max-megapixels 100"):
+        read_rgb(path)
+    png = tmp_path / "bomb.png"
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    data[16:24] = (30000).to_bytes(4, "big") * 2
+    png.write_bytes(bytes(data))
+    with pytest.raises(BadImage, match="declares 30000 x 30000"):
+        read_rgb(png)
+
+
+def test_a_fifo_in_place_of_an_image_is_unreadable_not_a_hang(tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(BadImage, match=r"not a regular file \(a FIFO\)"):
+        read_rgb(fifo)
+    real = tmp_path / "real.jpg"
+    real.write_bytes(jpeg_bytes())
+    (tmp_path / "link.jpg").symlink_to(real)
+    assert read_rgb(tmp_path / "link.jpg").shape == (60, 80, 3)  # a symlink to a regular file is fine
+
+
+@pytest.mark.parametrize("decoder", ["auto", "opencv"])
+def test_corrupt_jpeg_that_still_decodes_is_unreadable_unless_lenient(tmp_path, monkeypatch, decoder):
+    data = jpeg_bytes(120, 160)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")  # cut in half, an end marker appended
+    with pytest.raises(BadImage, match="corrupt JPEG data"):
+        read_rgb(path, decoder=decoder)
+    monkeypatch.setitem(image.LIMITS, "lenient", True)
+    assert read_rgb(path, decoder=decoder).shape == (120, 160, 3)

@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import torch
 import pytest
-from harness import ROOT, TINY, make_dataset, run_script
+from harness import COARSE_TINY, ROOT, make_dataset, run_script
 
 from fgvc.checkpoint import load_checkpoint
 
-COARSE = [*TINY, "--resize", "56", "--img-size", "48", "--mask-size", "32", "32", "--batch-size", "4"]
+COARSE = [*COARSE_TINY, "--batch-size", "4"]
 
 
 def torchrun_cmd(*args):

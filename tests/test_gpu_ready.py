@@ -2,11 +2,12 @@
 no per-step host sync, localization without per-shape autotuning, ranks that agree."""
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from harness import ROOT, TINY, error_line, run_script
+from harness import COARSE_TINY, ROOT, error_line, run_script
 
 import fgvc.dist as fdist
 import fgvc.engine as engine
@@ -59,7 +60,7 @@ def test_every_stage_states_its_device(tmp_path, run_cli):
     from harness import make_dataset
 
     data = make_dataset(tmp_path / "ds", per_class=(3, 2, 2))
-    tiny = [*TINY, "--img-size", "48", "--resize", "56", "--mask-size", "32", "32", "--epochs", "1"]
+    tiny = [*COARSE_TINY, "--epochs", "1"]
     code, out, _ = run_cli("coarse/train.py", "--data", data, "--out", tmp_path / "c", *tiny)
     assert code == 0 and "device: cpu (--device cpu), torch " in out
     code, out, _ = run_cli("fine/train.py", "--data", data, "--coarse", tmp_path / "c", "--out", tmp_path / "f",
@@ -259,3 +260,21 @@ def test_checkpoint_state_is_moved_to_the_cpu():
 def test_cuda_n_in_one_process_is_the_current_device():
     n = torch.cuda.device_count() - 1
     assert fdist.setup(f"cuda:{n}", announce=False) == torch.device("cuda", n) and torch.cuda.current_device() == n
+
+
+def test_amp_auto_is_bf16_only_where_it_is_native():
+    from fgvc.cli import resolve_amp
+
+    assert resolve_amp("off", "cpu") == "off" and resolve_amp("bf16", "cpu") == "bf16"
+    assert resolve_amp("auto", "cuda") == "bf16"
+    # the CPU's own flags, read independently of torch: no AVX-512 at all -> fp32; native bf16 -> bf16
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.read_text().splitlines() if l.startswith("flags")), []))
+    if not any(f.startswith("avx512") for f in flags):
+        assert resolve_amp("auto", "cpu") == "off"
+    elif {"avx512_bf16", "amx_bf16"} & flags:
+        assert resolve_amp("auto", "cpu") == "bf16"
+    else:
+        pytest.skip("AVX-512 without native bf16: either answer is defensible")

@@ -16,15 +16,10 @@ import sys
 import time
 
 import pytest
-from harness import ROOT, error_line, make_dataset, stage
+from harness import COARSE_TINY, ROOT, SCORING_TINY, error_line, make_dataset, stage
 
 from fgvc.atomic import atomic_write, remove_temps
 from fgvc.errors import UserError
-
-MODEL = ["--arch", "resnet18", "--pretrained", "none", "--device", "cpu", "--workers", "0", "--batch-size", "8",
-         "--amp", "off", "--img-size", "48", "--resize", "56", "--mask-size", "32", "32"]
-TEST = ["--device", "cpu", "--workers", "0", "--amp", "off"]
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -38,7 +33,7 @@ def snapshot(root):
 
 
 def scoring(data, submission, fine, *extra):
-    return ["--data", data, "--coarse", fine.parent / "no-coarse", "--fine", fine, "--submission", submission, *TEST, *extra]
+    return ["--data", data, "--coarse", fine.parent / "no-coarse", "--fine", fine, "--submission", submission, *SCORING_TINY, *extra]
 
 
 def special(path, kind):
@@ -183,7 +178,7 @@ def test_figure_that_is_an_image_or_a_fifo_is_refused_before_training(data, tmp_
     for figure, message in [(image, "is an input of this run, an image of"),
                             (tmp_path / "fig.png", "is a FIFO, not a regular file"),
                             (out / "checkpoint.pt", "is also the checkpoint")]:
-        code, _, err = run_cli("coarse/train.py", "--data", data, "--out", out, *MODEL, "--epochs", "1", "--figure", figure)
+        code, _, err = run_cli("coarse/train.py", "--data", data, "--out", out, *COARSE_TINY, "--epochs", "1", "--figure", figure)
         assert code == 2 and message in error_line(err), err[-2000:]
         assert not out.exists()  # nothing written, not even the output directory
     assert snapshot(data) == dataset and stat.S_ISFIFO(os.stat(tmp_path / "fig.png").st_mode)
@@ -214,7 +209,7 @@ def test_second_run_into_a_locked_out_is_refused_while_the_first_finishes_untouc
         p.write_bytes(b"left by a killed writer")
     repo_figure = ROOT / "fig" / "sample.png"
     figure_before = repo_figure.read_bytes() if repo_figure.exists() else None
-    args = ["--data", data, "--out", out, *MODEL, "--epochs", "2"]  # no --figure: it goes into --out
+    args = ["--data", data, "--out", out, *COARSE_TINY, "--epochs", "2"]  # no --figure: it goes into --out
     stage("coarse/train.py")  # imported now, so that the second run is refused within the first's life
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen([sys.executable, str(ROOT / "coarse" / "train.py"), *map(str, args), "--seed", "0"],
@@ -263,7 +258,7 @@ def test_lock_of_a_killed_run_is_released_and_its_temporaries_removed_by_the_nex
         assert temp.exists()
         # a run whose --out is this directory takes its lock and cleans it, but not around a
         # file that another run holds
-        code, _, err = run_cli("coarse/train.py", "--data", data, "--out", tmp_path, *MODEL, "--localize-only")
+        code, _, err = run_cli("coarse/train.py", "--data", data, "--out", tmp_path, *COARSE_TINY, "--localize-only")
         assert code == 2 and "checkpoint not found" in error_line(err)
         assert temp.exists() and not dead.exists()
     finally:

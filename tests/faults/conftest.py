@@ -6,8 +6,8 @@ a package-scoped fixture falls back to the session. Each is therefore built once
 files here (only they see this conftest), as it was when they were one module-scoped file.
 """
 import pytest
-from harness import call, make_dataset, spoil
-from helpers import BAD_TEST, BAD_TRAIN, BAD_VAL, ODD_TEST, ODD_TRAIN, ODD_VAL, coarse_args, fine_args, scoring_args
+from harness import call, coarse_args, fine_args, make_dataset, scoring_args, spoil
+from helpers import BAD_TEST, BAD_TRAIN, BAD_VAL, ODD_TEST, ODD_TRAIN, ODD_VAL
 
 from fgvc.annotations import load_dataset
 

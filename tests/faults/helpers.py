@@ -2,9 +2,9 @@
 failed writes and a non-finite loss. Every case ends in a complete result, or in a one-line error
 (exit code 2 for bad input, 1 for a failed write) with nothing half-written.
 
-This module is what those tests share: the flags of tiny runs, killing a run at a chosen moment,
-limiting how much it may write, and the bad files they are given (harness.spoil writes the bad
-images). Their fixtures (`clean`, `spoiled`) are in tests/faults/conftest.py. There is no
+This module is what those tests share beyond tests/harness.py (which has the tiny runs' flags):
+killing a run at a chosen moment, limiting how much it may write, and the bad files they are given
+(harness.spoil writes the bad images). Their fixtures (`clean`, `spoiled`) are in tests/faults/conftest.py. There is no
 __init__.py: pytest imports these files by their base name (tests/ and tests/faults/ on sys.path),
 so a test file here must not share a name with one in tests/, and `helpers` is this file alone.
 
@@ -24,27 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from harness import ROOT
-
-MODEL = ["--arch", "resnet18", "--pretrained", "none", "--img-size", "32", "--device", "cpu", "--workers", "0",
-         "--batch-size", "8", "--amp", "off"]
-TEST = ["--device", "cpu", "--workers", "0", "--amp", "off"]
-STEPS_PER_EPOCH = 3  # 24 train images of make_dataset, batch 8
-
-
-def coarse_args(data, out, *extra):
-    fig = Path(out).parent / f"{Path(out).name}_sample.png"  # never the repo's fig/sample.png
-    # 48 px: resnet18's last map is 2 x 2, so a CAM is not flat (at 32 px it is 1 x 1)
-    return ["--data", data, "--out", out, *MODEL, "--img-size", "48", "--resize", "56", "--mask-size", "32", "32",
-            "--figure", fig, *extra]
-
-
-def fine_args(data, out, coarse, *extra):
-    return ["--data", data, "--out", out, "--coarse", coarse, *MODEL, *extra]
-
-
-def scoring_args(data, coarse, fine, submission, *extra):
-    return ["--data", data, "--coarse", coarse, "--fine", fine, "--submission", submission, *TEST, *extra]
-
 
 # fsync is slowed down in the child so that a checkpoint, masks or submission write lasts long
 # enough for the parent to see its temporary file and kill the child in the middle of it.

@@ -2,14 +2,15 @@
 that do not cover the split or are not masks. A run either completes (bad images within
 --max-bad-images) or stops at start with one line, exit code 2, and writes nothing."""
 import json
+import os
 import pickle
 import shutil
 
 import numpy as np
 import pytest
-from harness import error_line
-from helpers import (BAD_TEST, BAD_TRAIN, BAD_VAL, ODD_TEST, ODD_TRAIN, ODD_VAL, RunsCode, coarse_args, copy_dir,
-                     edit_json, fine_args, first_image_id, masks_of, scoring_args)
+from harness import bomb, coarse_args, error_line, fine_args, make_dataset, scoring_args
+from helpers import (BAD_TEST, BAD_TRAIN, BAD_VAL, ODD_TEST, ODD_TRAIN, ODD_VAL, RunsCode, copy_dir, edit_json,
+                     first_image_id, masks_of)
 
 from fgvc.annotations import load_dataset
 from fgvc.masks import save_masks
@@ -155,3 +156,94 @@ def test_masks_file_that_is_a_pickle_is_refused(clean, tmp_path, run_cli):
     code, _, err = run_cli("fine/train.py", *fine_args(data, tmp_path / "fine", masks, "--epochs", "1"))
     assert code == 2 and "masks_train.npz: unreadable masks file" in error_line(err)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- dataset json outside what the reader accepts
+
+@pytest.mark.parametrize("field", ["category", "image"])
+def test_ids_outside_int64_are_refused_naming_the_entry(tmp_path, run_cli, field):
+    data = make_dataset(tmp_path / "ds")
+    if field == "category":
+        edit_json(data, "train", lambda d: d["annotations"][0].update(category_id=2**63))
+        want = "train2019.json: annotations[0] has 'category_id' 9223372036854775808, outside the int64 range"
+    else:
+        edit_json(data, "test", lambda d: d["images"][2].update(id=2**63))
+        want = "test2019.json: images[2] has 'id' 9223372036854775808, outside the int64 range"
+    code, _, err = run_cli("test.py", "--data", data, "--submission", tmp_path / "s.csv", "--device", "cpu")
+    assert code == 2 and want in error_line(err)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_deeply_nested_json_is_one_line(tmp_path, run_cli):
+    data = make_dataset(tmp_path / "ds")
+    (data / "val2019.json").write_text("[" * 1000 + "]" * 1000)
+    code, _, err = run_cli("coarse/train.py", *coarse_args(data, tmp_path / "o"))
+    assert code == 2 and "val2019.json: JSON nested too deeply" in error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_split_with_no_readable_image_is_an_error(tmp_path, run_cli):
+    data = make_dataset(tmp_path / "ds")
+    _, splits = load_dataset(data)
+    for name in splits["train"].file_names:  # every train image unreadable, fewer than --max-bad-images
+        (data / name).write_bytes(b"not an image")
+    code, _, err = run_cli("coarse/train.py", *coarse_args(data, tmp_path / "o", "--epochs", "1"))
+    assert code == 2 and "train2019.json: no readable image in epoch 1 (24 unreadable of 24)" in error_line(err)
+    assert not (tmp_path / "o" / "checkpoint.pt").exists() and not list((tmp_path / "o").glob("masks_*"))
+
+
+# ---------------------------------------------------------------- masks files of another dataset, or malformed
+
+def test_masks_of_another_dataset_with_the_same_ids_are_refused(clean, tmp_path, run_cli):
+    data, coarse, *_ = clean
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    for split in ("train", "val"):  # the same ids, other files: another dataset
+        edit_json(other, split,
+                  lambda d: [im.update(file_name=im["file_name"].replace(".jpg", "b.jpg")) for im in d["images"]])
+        for im in json.loads((other / f"{split}2019.json").read_text())["images"]:
+            os.rename(other / im["file_name"].replace("b.jpg", ".jpg"), other / im["file_name"])
+    code, _, err = run_cli("fine/train.py", *fine_args(other, tmp_path / "fine", coarse, "--epochs", "1"))
+    assert code == 2 and "masks_train.npz: made from another train than" in error_line(err)
+    assert not (tmp_path / "fine").exists()
+
+
+@pytest.mark.parametrize("case", ["duplicate ids", "16 x 16", "float ids", "string ids"])
+def test_malformed_masks_files_are_refused(clean, tmp_path, run_cli, case):
+    data, coarse, *_ = clean
+    bad = tmp_path / "coarse"
+    shutil.copytree(coarse, bad)
+    ids, masks = masks_of(coarse / "masks_train.npz")
+    if case == "duplicate ids":
+        ids, masks, want = np.concatenate([ids, ids]), np.concatenate([masks, 1 - masks]), "is listed 2 times"
+    elif case == "16 x 16":
+        masks, want = masks[:, :16, :16], "masks of 16 x 16, smaller than the 32 x 32 minimum"
+    elif case == "float ids":
+        ids, want = ids.astype(np.float64), "image_ids are float64, expected integers"
+    else:
+        ids, want = ids.astype(str), "image_ids are <U"
+    np.savez_compressed(bad / "masks_train.npz", image_ids=ids, masks=masks)
+    code, _, err = run_cli("fine/train.py", *fine_args(data, tmp_path / "fine", bad, "--epochs", "1"))
+    assert code == 2 and want in error_line(err), error_line(err)
+    assert not (tmp_path / "fine").exists()
+
+
+# ---------------------------------------------------------------- image files that would hang or exhaust a reader
+
+def test_bombs_fifos_and_corrupt_jpegs_are_counted_like_any_unreadable_image(clean, tmp_path, run_cli):
+    data, coarse, *_ = clean
+    copy = tmp_path / "ds"
+    shutil.copytree(data, copy)
+    _, splits = load_dataset(copy)
+    names = splits["test"].file_names
+    (copy / names[0]).write_bytes(bomb((copy / names[0]).read_bytes()))
+    (copy / names[1]).unlink()
+    os.mkfifo(copy / names[1])
+    whole = (copy / names[2]).read_bytes()
+    (copy / names[2]).write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
+    args = ["--data", copy, "--coarse", coarse, "--model", "coarse", "--device", "cpu", "--workers", "0", "--amp", "off"]
+    code, out, err = run_cli("test.py", *args, "--submission", tmp_path / "s.csv")
+    assert code == 0, err[-2000:]
+    assert "3 unreadable test images got the fallback prediction" in out
+    code, out, _ = run_cli("test.py", *args, "--submission", tmp_path / "s2.csv", "--lenient-jpeg")
+    assert code == 0 and "2 unreadable test images" in out  # the corrupt JPEG is used

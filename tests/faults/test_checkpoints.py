@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-from harness import error_line, make_dataset
-from helpers import RunsCode, coarse_args, copy_dir, scoring_args
+from harness import coarse_args, error_line, make_dataset, scoring_args
+from helpers import RunsCode, copy_dir
 
 
 # ---------------------------------------------------------------- hostile or damaged checkpoints
@@ -84,3 +84,33 @@ def test_resume_on_another_class_set(clean, tmp_path, run_cli):
     code, _, err = run_cli("coarse/train.py", *coarse_args(other, out, "--epochs", "1", "--resume"))
     line = error_line(err)
     assert code == 2 and "class mapping differs" in line and "only in dataset: [41]" in line
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+DAMAGE = {
+    "optimizer None": (lambda c: c.update(optimizer=None), "no optimizer state to resume with"),
+    "optimizer {}": (lambda c: c.update(optimizer={}), "'optimizer' is not an optimizer state"),
+    "no param_groups": (lambda c: c["optimizer"].pop("param_groups"), "'optimizer' is not an optimizer state"),
+    "epoch a string": (lambda c: c.update(epoch="1"), "'epoch' is '1', expected a whole number >= 0"),
+    "epoch negative": (lambda c: c.update(epoch=-1), "'epoch' is -1, expected a whole number >= 0"),
+    "step past the epoch": (lambda c: c.update(epoch=0, step_in_epoch=99), "epoch 0, step 99 into the next, but the run has 1 epochs of 3 steps"),
+    "step negative": (lambda c: c.update(step_in_epoch=-1), "'step_in_epoch' is -1"),
+    "steps short of the epoch": (lambda c: c.update(step=1), "1 optimizer steps cannot reach epoch 1, step 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_checkpoint_is_refused_on_resume(clean, tmp_path, run_cli, case):
+    data, coarse, *_ = clean
+    out = tmp_path / "coarse"
+    out.mkdir()
+    ckpt = torch.load(coarse / "checkpoint.pt", map_location="cpu", weights_only=True)
+    change, message = DAMAGE[case]
+    change(ckpt)
+    torch.save(ckpt, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    code, _, err = run_cli("coarse/train.py", *coarse_args(data, out, "--epochs", "1", "--resume"))
+    line = error_line(err)
+    assert code == 2 and "damaged checkpoint" in line and message in line, line
+    assert (out / "checkpoint.pt").read_bytes() == before and not list(out.glob("masks_*"))

@@ -2,8 +2,8 @@
 submission, exit code 1; a non-finite loss stops training with one line naming the epoch and step."""
 import shutil
 
-from harness import error_line, make_dataset
-from helpers import coarse_args, copy_dir, run_limited, scoring_args, temps
+from harness import coarse_args, error_line, make_dataset, scoring_args
+from helpers import copy_dir, run_limited, temps
 
 from fgvc.checkpoint import load_checkpoint
 

@@ -1,16 +1,28 @@
 """Runs killed (SIGKILL) at random moments and in the middle of a write: training resumes to the
 end an uninterrupted run reaches, and every file on disk is the previous complete one or none."""
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
-from harness import make_dataset
-from helpers import (STEPS_PER_EPOCH, after_save, coarse_args, copy_dir, kill_when, masks_of, scoring_args, spawn,
-                     temps, when_writing)
+import pytest
+import torch
+from harness import ROOT, STEPS_PER_EPOCH, coarse_args, error_line, make_dataset, scoring_args
+from helpers import after_save, copy_dir, kill_when, masks_of, spawn, temps, when_writing
 
+from fgvc import interrupt
 from fgvc.annotations import load_dataset
 from fgvc.checkpoint import load_checkpoint
+from fgvc.config import TrainConfig
+from fgvc.datasets import ImageDataset
+from fgvc.engine import fit
 from fgvc.masks import save_masks
+from fgvc.stages import build_model, model_args
 from fgvc.submission import read_submission, write_submission
+from fgvc.transforms import EvalTransform, TrainTransform
 
 
 def test_training_survives_five_kills_and_finishes_where_an_uninterrupted_run_does(tmp_path):
@@ -85,3 +97,75 @@ def test_test_py_killed_mid_write_leaves_the_previous_submission(clean, tmp_path
         assert kill_when(proc, when_writing(tmp_path, 1), log)
     assert target.read_bytes() == previous
     assert any(t.startswith(".submission.csv.") for t in temps(tmp_path))
+
+
+# ---------------------------------------------------------------- signals
+
+def tiny_fit(data, out, epochs=2, resume=False, stop_at=None):
+    """fit() of a tiny coarse model; SIGTERM is sent to this process at global step `stop_at`."""
+    torch.manual_seed(0)
+    classes, splits = load_dataset(data, splits=("train", "val"))
+    train = ImageDataset(splits["train"], TrainTransform(48, 56, fill=(124, 116, 104)), 0)
+    val = ImageDataset(splits["val"], EvalTransform(48), 0)
+    model = build_model("coarse", "resnet18", len(classes))
+    calls = {"n": 0}
+    forward = model.forward
+
+    def forward_then_signal(x):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return forward(x)
+
+    model.forward = forward_then_signal
+    cfg = dict(epochs=epochs, batch_size=8, eval_batch_size=16, lr=0.05, backbone_lr_ratio=1.0, amp="off", workers=0,
+               seed=0, resume=resume, save_every=0, max_bad_images=5, log_every=1, sync_bn=False, arch="resnet18",
+               img_size=48, resize=56, freeze=False, world_size=1, optimizer="sgd", dropout=0.25, frozen_bn="train")
+    return fit(model, train, val, config=TrainConfig.from_flags(cfg, "cpu"), out_dir=out, class_ids=classes.ids,
+               model_args=model_args("coarse", "resnet18", len(classes), False))
+
+
+@pytest.fixture
+def sigterm_handlers():
+    interrupt.install()
+    yield
+    for s in interrupt.PREEMPT:
+        signal.signal(s, signal.SIG_DFL)
+
+
+def test_sigterm_mid_epoch_saves_that_step_and_resumes_to_the_same_weights(tmp_path, sigterm_handlers):
+    data = make_dataset(tmp_path / "ds")
+    full = tiny_fit(data, tmp_path / "full").state_dict()
+    with pytest.raises(interrupt.Stopped) as stopped:
+        tiny_fit(data, tmp_path / "cut", stop_at=5)  # epoch 2 (3 steps an epoch), its 2nd step
+    assert stopped.value.code == 143 and "stopped by SIGTERM at epoch 2/2, step 2 of 3" in str(stopped.value)
+    saved = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (saved["epoch"], saved["step"], saved["step_in_epoch"]) == (1, 5, 2)
+    interrupt.install()  # a new process, as after a requeue
+    resumed = tiny_fit(data, tmp_path / "cut", resume=True).state_dict()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signalled_run_prints_one_line_and_resumes(tmp_path, sig, code):
+    data = make_dataset(tmp_path / "ds")
+    out = tmp_path / "coarse"
+    args = [sys.executable, str(ROOT / "coarse" / "train.py"), *map(str, coarse_args(data, out, "--epochs", "40"))]
+    # a shell's background job inherits SIGINT ignored (and Python then keeps it ignored, as it should):
+    # give the run the SIGINT of a foreground process, whatever started this test
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    t0 = time.monotonic()
+    while not (out / "log.jsonl").exists():  # the first epoch is done: a checkpoint is on disk
+        assert proc.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    line = error_line(err)
+    assert proc.returncode == code, err[-2000:]
+    assert f"stopped by {signal.Signals(sig).name} at " in line and f"checkpoint on disk: {out / 'checkpoint.pt'}" in line
+    assert "Traceback" not in err and "--resume" in line
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert 1 <= ckpt["epoch"] < 40
+    assert not list(out.glob("masks_*"))

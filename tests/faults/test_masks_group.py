@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import error_line, stage
-from helpers import coarse_args, fine_args, masks_of, scoring_args, temps
+from harness import coarse_args, error_line, fine_args, scoring_args, stage
+from helpers import masks_of, temps
 
 import fgvc.atomic as atomic
 from fgvc import interrupt
@@ -152,3 +152,11 @@ def test_masks_older_than_run_ids_are_accepted_together(clean, tmp_path, run_cli
     code, _, err = run_cli("test.py", *scoring_args(data, out, fine, sub, "--model", "fine", "--tau", "0"))
     assert code == 0, err[-2000:]
     assert sub.exists()
+
+
+def test_masks_record_what_made_them(clean):
+    _, coarse, *_ = clean
+    with np.load(coarse / "masks_val.npz", allow_pickle=False) as f:
+        made = json.loads(str(f["provenance"]))
+    assert made["split"] == "val" and len(made["fingerprint"]) == 64 and made["cam_threshold"] == 0.7
+    assert "checkpoint.pt" in made["checkpoint"] and made["mask_size"] == [32, 32]

@@ -25,9 +25,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-from harness import ROOT, make_dataset, run_script
-from harness import error_line
-from helpers import coarse_args, copy_dir, edit_json, fine_args, scoring_args
+from harness import ROOT, coarse_args, error_line, fine_args, make_dataset, run_script, scoring_args
+from helpers import copy_dir, edit_json
 
 from fgvc.annotations import load_dataset
 from fgvc.errors import DatasetError, UserError
