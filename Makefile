@@ -2,6 +2,7 @@
 # make demo-scratch  the same from scratch (resnet18, AdamW): the earlier demo (CPU; 14 minutes with native bf16, 43 without)
 # make ablate        the ablation table of the demo's runs (fig/ablation.md, fig/ablation.png; ROWS=test for the test-time rows only; about 18 minutes)
 # make test          the test suite (what CI runs; about 9 minutes on 2 cores)
+# make test-fast     the tests not marked slow (no whole-stage runs): the edit-test loop
 # make bench         the performance harness (bench/results.json; about 15 minutes)
 # make bench-scale   what grows with the dataset, at iNat 2019 / 2021-mini / 2021 sizes (bench/scale.py; scale_* keys in bench/results.json)
 # Each creates .venv from requirements.txt the first time.
@@ -33,7 +34,7 @@ SCRATCH := $(SCRATCH_MODEL) --batch-size 32 --optimizer adamw --lr 0.003 --weigh
 
 ROWS ?= all
 
-.PHONY: demo demo-scratch toy ablate test bench bench-scale clean-demo
+.PHONY: demo demo-scratch toy ablate test test-fast bench bench-scale clean-demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,9 @@ ablate: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -12,6 +12,8 @@ from fgvc.config import FineConfig
 from fgvc.errors import UserError
 from fgvc.metrics import sign_test, wilson_interval
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 def test_wilson_interval_known_values():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)

@@ -14,6 +14,8 @@ from harness import COARSE_TINY, ROOT, make_dataset, run_script
 
 from fgvc.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 COARSE = [*COARSE_TINY, "--batch-size", "4"]
 
 

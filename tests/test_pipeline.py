@@ -8,6 +8,8 @@ from harness import ROOT, TINY, make_dataset, run_script
 from fgvc.annotations import load_dataset
 from fgvc.submission import read_submission
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):

@@ -3,7 +3,10 @@ peak memory and the projected time, writes nothing into --out but preflight.json
 real run's files, and does not stop a later real run into the same --out."""
 import json
 
+import pytest
 from harness import TINY
+
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
 
 KEYS = {"loader_images_per_s", "step_images_per_s", "limit", "peak_memory_mb", "projected_epoch_s", "projected_total_s"}
 FAST = ["--preflight", "--preflight-steps", "2"]

@@ -11,6 +11,8 @@ from harness import COLORS, ROOT, TINY, call, run_script
 
 from fgvc.annotations import load_dataset
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 PREPARE = ROOT / "data" / "prepare.py"
 
 # The official layouts, written here independently of prepare.py: json names and where images live.

@@ -16,6 +16,8 @@ from fgvc.annotations import load_dataset
 from fgvc.masks import save_masks
 from fgvc.submission import read_submission
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 
 # ---------------------------------------------------------------- bad image files
 

@@ -8,6 +8,8 @@ import torch
 from harness import coarse_args, error_line, make_dataset, scoring_args
 from helpers import RunsCode, copy_dir
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 
 # ---------------------------------------------------------------- hostile or damaged checkpoints
 

@@ -2,10 +2,13 @@
 submission, exit code 1; a non-finite loss stops training with one line naming the epoch and step."""
 import shutil
 
+import pytest
 from harness import coarse_args, error_line, make_dataset, scoring_args
 from helpers import copy_dir, run_limited, temps
 
 from fgvc.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
 
 
 # ---------------------------------------------------------------- failed writes

@@ -24,6 +24,8 @@ from fgvc.stages import build_model, model_args
 from fgvc.submission import read_submission, write_submission
 from fgvc.transforms import EvalTransform, TrainTransform
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 
 def test_training_survives_five_kills_and_finishes_where_an_uninterrupted_run_does(tmp_path):
     data = make_dataset(tmp_path / "ds")

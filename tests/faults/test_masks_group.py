@@ -16,6 +16,8 @@ import fgvc.atomic as atomic
 from fgvc import interrupt
 from fgvc.masks import masks_run, save_masks
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 SPLITS = ("train", "val", "test")
 
 

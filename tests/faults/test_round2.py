@@ -33,6 +33,8 @@ from fgvc.errors import DatasetError, UserError
 from fgvc.overlap import find_overlap
 from fgvc.prior import prior_correct
 
+pytestmark = pytest.mark.slow  # whole stages run: left out of `make test-fast`
+
 PREPARE = ROOT / "data" / "prepare.py"
 
 
