@@ -210,11 +210,14 @@ def check_resume(saved, path, flags, essential):
     def change(k):
         return f"--{k.replace('_', '-')} {saved.get(k)!r} -> {flags.get(k)!r}"
 
-    diffs = [change(k) for k in essential if saved.get(k) != flags.get(k)]
+    def changed(k):  # a checkpoint may hold a tuple flag as the list it was parsed into
+        a, b = saved.get(k), flags.get(k)
+        return (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)
+
+    diffs = [change(k) for k in essential if changed(k)]
     if diffs:
         raise CheckpointError(f"{path}: --resume with changed essential flags: {'; '.join(diffs)}")
-    return [change(k) for k in sorted(set(flags) | set(saved))
-            if k not in essential and k not in RESUME_ONLY and saved.get(k) != flags.get(k)]
+    return [change(k) for k in sorted(set(flags) | set(saved)) if k not in essential and k not in RESUME_ONLY and changed(k)]
 
 
 def load_weights(model, ckpt):

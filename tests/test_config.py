@@ -122,3 +122,12 @@ def test_impossible_flags_are_refused_at_start(tmp_path, run_cli, script, flags,
     assert code == 2 and error_line(err) == f"error: {message}", err
     assert len(err.strip().splitlines()) == 1  # no usage block, no traceback
     assert not out.exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_resume_sees_a_tuple_flag_recorded_as_a_list_as_unchanged():
+    """A checkpoint holds --mask-size as the list argparse made; the run resuming it has the tuple."""
+    from fgvc.checkpoint import check_resume
+
+    saved, now = {"mask_size": [64, 64], "cam_threshold": 0.7}, {"mask_size": (64, 64), "cam_threshold": 0.5}
+    assert check_resume(saved, "ck.pt", now, essential=()) == ["--cam-threshold 0.7 -> 0.5"]
+    assert check_resume(saved, "ck.pt", {**now, "mask_size": (32, 32)}, essential=())[1] == "--mask-size [64, 64] -> (32, 32)"

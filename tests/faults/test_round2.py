@@ -352,6 +352,7 @@ def test_resume_refuses_flags_it_cannot_honour_and_reports_those_it_applies(clea
     said = [ln for ln in stdout.splitlines() if ln.startswith("--resume: changed flags applied from here on: ")]
     assert len(said) == 1 and "--cam-threshold 0.7 -> 0.5" in said[0] and "--log-every 20 -> 7" in said[0], stdout
     assert "--out " in said[0] and "weight" not in said[0]  # copied to another folder: reported, not refused
+    assert "--mask-size" not in said[0]  # the same size, recorded as a list and parsed as a tuple
 
 
 # ---------------------------------------------------------------- 7. val that is train
