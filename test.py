@@ -28,13 +28,13 @@ from fgvc.checkpoint import CHECKPOINT
 from fgvc.config import TestConfig, parse_tau
 from fgvc.csvfile import read_csv
 from fgvc.errors import BadImagesError, UserError
-from fgvc.inference import score, steady_heap
+from fgvc.inference import steady_heap
 from fgvc.masks import masks_path
 from fgvc.metrics import frequency_groups, top1_group_errors, topk
 from fgvc.overlap import check_overlap
 from fgvc.paths import resolve
 from fgvc.prior import TAU_GRID, TopK, check_tau, choose_tau, prior_correct
-from fgvc.stages import STAGES, load_stage
+from fgvc.stages import STAGES, load_stage, score_split
 from fgvc.submission import read_labels, read_submission, top1_error, write_submission
 
 
@@ -60,9 +60,9 @@ class Scorer:
 
     def __call__(self, split, reduce=None):
         a = self.args
-        dataset = self.stage.scoring_dataset(self.ckpt, split, coarse_dir=resolve(a.coarse), seed=a.seed, factors=a.tta_factors,
-                                             mirror_factors=a.tta_mirror_factors, centre=a.crop_centre)
-        return score(self.model, dataset, self.runtime, reduce=reduce, desc=f"{self.stage.name} {split.name}")
+        return score_split(self.model, self.ckpt, split, self.runtime, reduce=reduce, desc=f"{self.stage.name} {split.name}",
+                           coarse_dir=resolve(a.coarse), seed=a.seed, factors=a.tta_factors, mirror_factors=a.tta_mirror_factors,
+                           centre=a.crop_centre)
 
 
 def error_row(top, labels, counts):

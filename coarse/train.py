@@ -33,8 +33,8 @@ from fgvc.inference import prepare_model, steady_heap
 from fgvc.masks import masks_path, save_shards, split_fingerprint
 from fgvc.overlap import check_overlap
 from fgvc.paths import resolve
-from fgvc.stages import build_model, model_args, model_from_checkpoint
-from fgvc.transforms import EvalTransform, ShortSideTransform, TrainTransform
+from fgvc.stages import build_model, localization_input, model_args, model_from_checkpoint
+from fgvc.transforms import EvalTransform, TrainTransform
 from fgvc.viz import sample_rows, save_sample_figure
 
 
@@ -89,7 +89,7 @@ def localize_splits(model, args, runtime, splits, source, truth=None):
         for name, split in splits.items():
             measured = name == "val"
             score = LocalizationScore(image_sizes(split), truth) if measured and truth is not None else None
-            shard = localize_shard(model, ImageDataset(split, ShortSideTransform(args.resize), args.seed), runtime,
+            shard = localize_shard(model, localization_input(split, args.resize, args.seed), runtime,
                                    mask_size=tuple(args.mask_size), threshold=args.cam_threshold,
                                    use_labels=name == "train" and args.cam_class == "label", max_bad=args.max_bad_images,
                                    on_batch=score.add if score else None)

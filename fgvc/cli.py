@@ -93,9 +93,9 @@ def _one_line_error(message):
 
 
 def run(main, parser):
-    """Parse and check the flags, then call main(args). Exit codes: 0 done; 1 a failed write;
-    2 bad input or flags (one line, nothing written); 130 / 143 stopped by SIGINT / SIGTERM or
-    SIGUSR1 (one line: where, and the checkpoint on disk)."""
+    """Parse and check the flags, then call main(args). Exit codes: 0 done; 1 a failed write (and
+    predict.py's no readable image); 2 bad input or flags (one line, nothing written); 130 / 143
+    stopped by SIGINT / SIGTERM or SIGUSR1 (one line: where, and the checkpoint on disk)."""
     parser.error = _one_line_error  # argparse's own errors: one line too, no usage block
     interrupt.install()
     try:
@@ -105,7 +105,7 @@ def run(main, parser):
         image.configure(getattr(args, "max_megapixels", None), getattr(args, "lenient_jpeg", None))
         main(args)
     except UserError as e:
-        fail(e, 2)
+        fail(e, e.code)
     except OSError as e:
         fail(f"{e.filename or ''}: {e.strerror or e} (previous files left intact)", 1)
     except KeyboardInterrupt:

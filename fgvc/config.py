@@ -71,10 +71,11 @@ class Flag:
     shown: Optional[str] = None
     absent: Any = _UNSET
     parse: Optional[Callable] = None  # the value -> the number its range is checked on (None: none)
+    positional: bool = False  # an argument, not a flag (predict.py's PATH...)
 
     @property
     def option(self):
-        return "--" + self.name.replace("_", "-")
+        return self.name.upper() if self.positional else "--" + self.name.replace("_", "-")
 
     def default_value(self):
         return self.default() if callable(self.default) else self.default
@@ -106,6 +107,8 @@ class Flag:
             return group.add_argument(self.option, action=argparse.BooleanOptionalAction, default=self.default_value(),
                                       help=self.help_text())
         extra = {k: v for k, v in (("nargs", self.nargs), ("metavar", self.metavar), ("choices", self.choice_list())) if v is not None}
+        if self.positional:
+            return group.add_argument(self.name, type=self.type, help=self.help, **extra)
         default = self.default_value()
         return group.add_argument(self.option, type=self.type, default=list(default) if self.nargs == "*" else default,
                                   help=self.help_text(), **extra)
@@ -122,6 +125,8 @@ class Flag:
 
     def argv(self, value):
         """The command-line words that give the flag `value` ([] for None or an off switch)."""
+        if self.positional:
+            return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
         if self.switch == "on":
             return [self.option] if value else []
         if self.switch == "both":
@@ -366,7 +371,40 @@ FineConfig = StageConfig("fine", "Fine stage: classifier on CAM crops",
                          keeps_also=("world_size",))
 TestConfig = StageConfig("test", "Test: fine model on crops, prior correction, submission.csv",
                          (TEST_INPUTS, TEST_SCORING, Section("runtime", SCORING_RUNTIME.flags + tuple(replace(f, keep=False) for f in DECODING)), PREFLIGHT))
-CONFIGS = (CoarseConfig, FineConfig, TestConfig)
+
+def parse_fixed_tau(value):
+    """predict.py's --tau: a number ('auto' needs a labelled val split, which prediction has not)."""
+    if value == "auto":
+        raise UserError("--tau auto: picked on val by test.py; predict.py takes a number (e.g. the one test.py printed)")
+    return parse_tau(value)
+
+
+PREDICT_INPUTS = Section("inputs and outputs (relative paths resolve against the repo root)", (
+    Flag("paths", str, None, "image files, folders (searched recursively, sorted; images recognised by their content, not "
+         "their names) and @list.txt files (one path a line, relative to the list's folder)", nargs="+", metavar="PATH",
+         positional=True, shown="required"),
+    replace(COARSE_DIR, help="coarse stage directory with checkpoint.pt (its CAM localizes every image)"),
+    Flag("fine", str, "fine/out", "fine stage directory with checkpoint.pt"),
+    Flag("data", str, None, "dataset root whose train2019.json gives the class names and train counts, for checkpoints "
+         "older than storing them", shown="none: the checkpoints' own"),
+    Flag("out", str, "predictions.csv", "output file: .csv (one row an image) or .jsonl (one object a line)"),
+    Flag("overlay", str, None, "folder for one PNG an image (same stem): the photo, its CAM, the mask's box, the largest crop, "
+         "the top 3", shown="none"),
+))
+
+PREDICT_SCORING = Section("what to predict", (
+    TEST_SCORING["model"],
+    replace(TEST_SCORING["tau"], parse=parse_fixed_tau, help="correction p / prior**tau; 0 turns it off"),
+    Flag("topk", int, 5, "classes per image, best first", range=COUNT),
+    TEST_SCORING["tta_factors"],
+    TEST_SCORING["crop_centre"],
+    TEST_SCORING["tta_mirror_factors"],
+))
+
+PredictConfig = StageConfig("predict", "Predict: the species in any photos, with the whole method (CAM, crops, prior correction)",
+                            (PREDICT_INPUTS, PREDICT_SCORING,
+                             Section("runtime", SCORING_RUNTIME.flags + tuple(replace(f, keep=False) for f in DECODING))))
+CONFIGS = (CoarseConfig, FineConfig, TestConfig, PredictConfig)
 
 
 # ---------------------------------------------------------------- the parsed flags, typed
@@ -432,7 +470,7 @@ class TrainConfig:
 
 # ---------------------------------------------------------------- docs/config.md
 
-COMMANDS = {"coarse": "coarse/train.py", "fine": "fine/train.py", "test": "test.py"}
+COMMANDS = {"coarse": "coarse/train.py", "fine": "fine/train.py", "test": "test.py", "predict": "predict.py"}
 
 
 def markdown(configs=CONFIGS):

@@ -5,6 +5,8 @@ import sys
 class UserError(Exception):
     """A problem with the input, the flags or the files: printed as one line, exit code 2."""
 
+    code = 2
+
 
 class DatasetError(UserError):
     """A dataset json file or image list is malformed; the message names the file and the entry."""
@@ -16,6 +18,12 @@ class CheckpointError(UserError):
 
 class BadImagesError(UserError):
     """More unreadable images than the --max-bad-images budget allows."""
+
+
+class NoReadableImages(UserError):
+    """predict.py: not one of the given files could be read (each is listed); exit code 1."""
+
+    code = 1
 
 
 class SampleError(UserError):

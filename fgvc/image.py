@@ -142,6 +142,16 @@ def _declared_size(buf):
     return None
 
 
+def upright_size(buf):
+    """(width, height) of the image `read_rgb` returns, from the header alone (a JPEG's frame header and
+    EXIF orientation, a PNG's IHDR), or None for other formats. `buf`: the file's first bytes (uint8 array)."""
+    size = _declared_size(buf)
+    if size is None:
+        return None
+    w, h = size
+    return (int(h), int(w)) if _ORIENT.get(exif_orientation(buf), (False, None))[0] else (int(w), int(h))
+
+
 def _check_declared_size(buf, path):
     size = _declared_size(buf)
     if size and size[0] * size[1] > LIMITS["max_pixels"]:

@@ -16,10 +16,10 @@ from .config import MODEL, RECIPE, CoarseConfig, FineConfig, StageConfig
 from .crop import TTA_FACTORS, TTA_MIRROR_FACTORS, MultiCropTransform
 from .datasets import ImageDataset
 from .errors import UserError
-from .inference import prepare_model
+from .inference import prepare_model, score
 from .masks import load_masks
 from .models import CoarseNet, FineNet
-from .transforms import EvalTransform
+from .transforms import EvalTransform, ShortSideTransform
 
 
 def whole_images(ckpt, split, *, seed=0, **_):
@@ -42,6 +42,21 @@ def tta_crops(ckpt, split, *, coarse_dir=None, masks=None, seed=0, factors=None,
     return ImageDataset(split, crops, seed, masks=load_masks(coarse_dir, split) if masks is None else masks, cache=False)
 
 
+def localization_input(split, resize, seed=0):
+    """What the coarse model localizes: the whole image, short side `resize`, aspect kept (the
+    masks files of coarse/train.py, the masks predict.py keeps in memory)."""
+    return ImageDataset(split, ShortSideTransform(resize), seed)
+
+
+def score_split(model, ckpt, split, runtime, *, reduce=None, desc=None, **inputs):
+    """The one scoring path of test.py and predict.py: the input of the checkpoint's stage for
+    `split` (`Stage.scoring_dataset`: whole images, or the test-time crops around the masks that
+    `inputs` give, `coarse_dir=` a masks file or `masks=` in memory; `seed=`, the crop options),
+    scored by `inference.score`: (probabilities or what `reduce` keeps, ok flags) in row order."""
+    dataset = STAGES[ckpt["model_args"]["kind"]].scoring_dataset(ckpt, split, **inputs)
+    return score(model, dataset, runtime, reduce=reduce, desc=desc)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # as checkpoints record it (model_args["kind"])
@@ -50,6 +65,7 @@ class Stage:
     scoring_dataset: Callable  # (checkpoint, split, **options) -> the dataset test.py scores
     config: StageConfig  # its flags (fgvc/config.py); config.resume_keeps(): what a --resume must keep
     baseline: Optional[str] = None  # the stage test.py scores beside this one on the hidden test labels
+    localized: bool = False  # its input is cut around the coarse masks (predict.py localizes first)
 
     @property
     def resume_keeps(self):
@@ -62,7 +78,7 @@ class Stage:
 
 STAGES = {  # in the order of the evaluation tables
     "coarse": Stage("coarse", "coarse (whole image)", CoarseNet, whole_images, CoarseConfig),
-    "fine": Stage("fine", "fine (crops)", FineNet, tta_crops, FineConfig, baseline="coarse"),
+    "fine": Stage("fine", "fine (crops)", FineNet, tta_crops, FineConfig, baseline="coarse", localized=True),
 }
 
 

@@ -1,0 +1,164 @@
+"""predict.py (issue 23): the whole method on any photos, with test.py's numbers.
+
+One tiny trained run (coarse + fine, resnet18 from scratch, the toy of harness.make_dataset) is shared
+by the module. predict.py on the test images, given in the test json's order, must give the
+submission's top 5 on every row (both score through stages.score_split, and the crop centres are
+drawn per (seed, row)); the .csv and .jsonl interfaces; a folder holding a broken JPEG, a text
+file and a PNG; no readable file at all; the overlays; the Python API.
+"""
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from harness import SCORING_TINY, call, coarse_args, error_line, fine_args, make_dataset, scoring_args, spoil
+
+from fgvc.annotations import load_dataset
+from fgvc.predict import csv_header
+from fgvc.submission import read_submission
+from fgvc.viz import CAPTION_LINE, OVERLAY_WIDTH
+
+pytestmark = pytest.mark.slow
+
+K = 5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run of both stages and test.py's submission on its test split."""
+    tmp = tmp_path_factory.mktemp("predict")
+    data = make_dataset(tmp / "ds", per_class=(8, 3, 5))
+    coarse, fine, sub = tmp / "coarse", tmp / "fine", tmp / "submission.csv"
+    call("coarse/train.py", *coarse_args(data, coarse, "--epochs", "1"))
+    call("fine/train.py", *fine_args(data, fine, coarse, "--epochs", "1"))
+    call("test.py", *scoring_args(data, coarse, fine, sub))
+    _, splits = load_dataset(data, splits=("train", "test"))
+    test_files = [str(data / n) for n in splits["test"].file_names]
+    listing = tmp / "test.txt"  # the test json's order: test.py's rows
+    listing.write_text("".join(f"{f}\n" for f in test_files))
+    return {"data": data, "coarse": coarse, "fine": fine, "sub": sub, "test": splits["test"], "files": test_files, "list": listing}
+
+
+def predict_args(run, out, *paths, extra=()):
+    return [*map(str, paths), "--coarse", run["coarse"], "--fine", run["fine"], "--out", out, *SCORING_TINY, *extra]
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_predict_gives_the_submissions_top5_on_every_row(run, tmp_path, run_cli):
+    out = tmp_path / "p.csv"
+    code, stdout, err = run_cli("predict.py", *predict_args(run, out, f"@{run['list']}"))
+    assert code == 0, err
+    rows = read_rows(out)
+    assert rows[0] == csv_header(K) and rows[0][:4] == ["path", "category_id_1", "name_1", "probability_1"]
+    assert rows[0][-4:] == ["box_x", "box_y", "box_w", "box_h"]
+    sub = read_submission(run["sub"])
+    ids = [int(i) for i in run["test"].image_ids]
+    assert len(rows) - 1 == len(ids) == len(sub)
+    k = min(K, 3)  # the toy has 3 classes: the submission's 5 are the 3, best first
+    for (image_id, row), file in zip(zip(ids, rows[1:]), run["files"]):
+        assert row[0] == file
+        top = [int(row[1 + 3 * j]) for j in range(k)]
+        assert top == list(sub[image_id])[:k], (file, top, sub[image_id])
+        probs = [float(row[3 + 3 * j]) for j in range(k)]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4  # all 3 classes: the whole mass
+        assert all(row[2 + 3 * j] == f"species {row[1 + 3 * j]}" for j in range(k))
+        assert row[1 + 3 * k:3 * K + 1] == [""] * (3 * (K - k))  # fewer classes than --topk: empty cells
+        x, y, w, h = map(int, row[-4:])
+        assert 0 <= x and 0 <= y and w > 0 and h > 0
+    assert f"{out}: {len(ids)} rows" in stdout
+
+
+def test_jsonl_rows_are_the_csv_rows(run, tmp_path, run_cli):
+    a, b = tmp_path / "p.csv", tmp_path / "p.jsonl"
+    assert run_cli("predict.py", *predict_args(run, a, *run["files"][:4], extra=["--topk", "2"]))[0] == 0
+    assert run_cli("predict.py", *predict_args(run, b, *run["files"][:4], extra=["--topk", "2"]))[0] == 0
+    objs = [json.loads(line) for line in b.read_text().splitlines()]
+    assert [list(o) for o in objs] == [["path", "predictions", "box"]] * 4
+    for o, row in zip(objs, read_rows(a)[1:]):
+        assert list(o["predictions"][0]) == ["category_id", "name", "probability"] and len(o["predictions"]) == 2
+        flat = [str(v) for p in o["predictions"] for v in p.values()]
+        assert [o["path"], *flat, *map(str, o["box"])] == row
+
+
+def test_a_folder_of_mixed_files(run, tmp_path, run_cli):
+    """Images by content: a PNG and a JPEG named .txt are predicted; a text file and a truncated JPEG
+    are listed with their reasons and skipped; hidden files are not looked at."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    src = run["files"]
+    for i, name in enumerate(["a.jpg", "sub/b.jpg", "c.jpg"]):
+        (photos / name).write_bytes(open(src[i], "rb").read())
+    spoil(photos / "c.jpg", "truncated")
+    cv2.imwrite(str(photos / "d.png"), cv2.imread(src[3]))
+    (photos / "e.txt").write_bytes(open(src[4], "rb").read())  # a JPEG by its content
+    (photos / "notes.txt").write_text("not a photo\n")
+    (photos / ".hidden").write_text("never listed\n")
+    out = tmp_path / "p.csv"
+    code, stdout, err = run_cli("predict.py", *predict_args(run, out, photos))
+    assert code == 0, err
+    assert [r[0] for r in read_rows(out)[1:]] == [str(photos / n) for n in ("a.jpg", "d.png", "e.txt", "sub/b.jpg")]
+    skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert skipped == [f"skipped {photos / 'notes.txt'}: not an image (by its content)",
+                       f"skipped {photos / 'c.jpg'}: truncated JPEG (no end-of-image marker)"], err
+    assert "2 files skipped" in stdout
+
+
+def test_no_readable_file_is_exit_1_and_nothing_written(run, tmp_path, run_cli):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.txt").write_text("text\n")
+    out = tmp_path / "p.csv"
+    code, _, err = run_cli("predict.py", *predict_args(run, out, bad))
+    assert code == 1 and error_line(err).startswith("error: no readable image among the files given"), err
+    assert "skipped " in err and not out.exists()
+
+
+def test_outputs_are_refused_as_the_stages_refuse_them(run, tmp_path, run_cli):
+    """outputs.claim's refusals: an output that is an input (here the @list), an odd target (a FIFO),
+    and a suffix predict.py does not write; nothing is written."""
+    listing = tmp_path / "list.csv"
+    listing.write_text(run["files"][0] + "\n")
+    code, _, err = run_cli("predict.py", *predict_args(run, listing, f"@{listing}"))
+    assert code == 2 and "is an input of this run" in error_line(err), err
+    assert listing.read_text() == run["files"][0] + "\n"
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    code, _, err = run_cli("predict.py", *predict_args(run, fifo, run["files"][0]))
+    assert code == 2 and "is a FIFO, not a regular file" in error_line(err), err
+    code, _, err = run_cli("predict.py", *predict_args(run, tmp_path / "p.txt", run["files"][0]))
+    assert code == 2 and "a .csv or a .jsonl file" in error_line(err)
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_overlays(run, tmp_path, run_cli):
+    out, ov = tmp_path / "p.csv", tmp_path / "ov"
+    code, _, err = run_cli("predict.py", *predict_args(run, out, *run["files"][:2], extra=["--overlay", ov]))
+    assert code == 0, err
+    names = sorted(p.name for p in ov.iterdir() if not p.name.startswith("."))
+    assert names == sorted(f.rsplit("/", 1)[1].replace(".jpg", ".png") for f in run["files"][:2])
+    img = cv2.imread(str(ov / names[0]))
+    src = cv2.imread(next(f for f in run["files"] if f.endswith(names[0].replace(".png", ".jpg"))))
+    h = round(src.shape[0] * OVERLAY_WIDTH / src.shape[1])
+    assert img.shape == (h + 3 * CAPTION_LINE + 8, OVERLAY_WIDTH, 3)
+    assert img[:h].std() > 10 and (img[h:] < 128).any()  # a picture, and a caption written on white
+
+
+def test_the_python_api_gives_the_commands_rows(run, tmp_path, run_cli):
+    from fgvc.predict import Predictor
+
+    out = tmp_path / "p.jsonl"
+    assert run_cli("predict.py", *predict_args(run, out, *run["files"][:3]))[0] == 0
+    command = [json.loads(line) for line in out.read_text().splitlines()]
+    p = Predictor(run["coarse"], run["fine"], device="cpu", workers=0, amp="off")
+    assert p.predict(run["files"][:3], topk=5) == command
+    assert p.predict(run["files"][0]) == command[0]
+    rgb = cv2.cvtColor(cv2.imread(run["files"][0]), cv2.COLOR_BGR2RGB)
+    from_array = p.predict(rgb, topk=5)
+    assert from_array["path"] == "<array>" and from_array["predictions"] == command[0]["predictions"]
+    assert np.array_equal(from_array["box"], command[0]["box"])
