@@ -74,6 +74,28 @@ def test_predict_gives_the_submissions_top5_on_every_row(run, tmp_path, run_cli)
     assert f"{out}: {len(ids)} rows" in stdout
 
 
+def test_predicts_masks_are_the_coarse_stages(run):
+    """predict.py localizes each image itself: the masks equal the coarse stage's masks_test.npz."""
+    from fgvc.masks import load_masks
+    from fgvc.predict import Inputs, Predictor
+
+    p = Predictor(run["coarse"], run["fine"], device="cpu", workers=0, amp="off")
+    split = Inputs(run["files"]).split()
+    masks, _ = p.localize(split)
+    theirs = load_masks(run["coarse"], run["test"])
+    assert all(np.array_equal(masks[i], theirs[i]) for i in range(len(split)))
+
+
+def test_model_coarse_is_test_pys_coarse_baseline(run, tmp_path, run_cli):
+    sub, out = tmp_path / "coarse.csv", tmp_path / "p.jsonl"
+    call("test.py", *scoring_args(run["data"], run["coarse"], run["fine"], sub, "--model", "coarse"))
+    assert run_cli("predict.py", *predict_args(run, out, f"@{run['list']}", extra=["--model", "coarse"]))[0] == 0
+    rows, subs = [json.loads(line) for line in out.read_text().splitlines()], read_submission(sub)
+    for image_id, row in zip(run["test"].image_ids, rows):
+        assert [p["category_id"] for p in row["predictions"]] == list(subs[int(image_id)])[:3]
+        assert row["box"] is None  # no localization
+
+
 def test_jsonl_rows_are_the_csv_rows(run, tmp_path, run_cli):
     a, b = tmp_path / "p.csv", tmp_path / "p.jsonl"
     assert run_cli("predict.py", *predict_args(run, a, *run["files"][:4], extra=["--topk", "2"]))[0] == 0
