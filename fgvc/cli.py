@@ -23,11 +23,13 @@ def parser(config):
 
 
 def resolve_amp(amp, device):
-    """'auto' -> 'bf16' where bf16 runs natively (CUDA; a CPU with AVX512-BF16 or AMX), else 'off'."""
+    """'auto' -> on CUDA 'bf16' where the GPU has it natively (compute capability >= 8.0: Ampere
+    and later), else 'fp16' (with the GradScaler: bf16 is emulated below 8.0); on the CPU 'bf16'
+    where it is native (AVX512-BF16 or AMX), else 'off'."""
     if amp != "auto":
         return amp
     if torch.device(device).type == "cuda":
-        return "bf16"
+        return "bf16" if devices.capability(device) >= (8, 0) else "fp16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
 
 

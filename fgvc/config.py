@@ -236,8 +236,9 @@ WORKERS = Flag("workers", int, default_workers, "data loader processes", range=R
 DEVICE = Flag("device", str, default_device, "auto, cpu, cuda or cuda:N; auto: cuda when torch can use it, else cpu, but where "
               "an NVIDIA GPU is present that torch cannot use, a one-line error naming the driver / CUDA mismatch instead of a "
               "silent CPU run (--device cpu runs on the CPU anyway)", shown="auto")
-AMP = Flag("amp", str, "auto", "autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), "
-           "off elsewhere (bf16 emulated on an AVX2 CPU is ~10x slower than fp32); fp16 (with a GradScaler) on CUDA only",
+AMP = Flag("amp", str, "auto", "autocast precision; auto: on CUDA bf16 where the GPU has it natively (compute capability "
+           ">= 8.0), else fp16 with a GradScaler; on the CPU bf16 where it is native (AVX512-BF16/AMX), off elsewhere (bf16 "
+           "emulated on an AVX2 CPU is ~10x slower than fp32); fp16 (with a GradScaler) on CUDA only",
            choices=("auto", "bf16", "fp16", "off"), keep=True)
 BATCH_SIZE = Flag("batch_size", int, 14, "images per step and process; the global batch is this times the number of processes",
                   range=COUNT, keep=True)
@@ -310,6 +311,12 @@ TRAIN = Section("training (defaults: the original solution)", (
          shown=f"{RECIPE[True]['backbone_lr_ratio']:g} with pretrained weights, as the original; "
                f"{RECIPE[False]['backbone_lr_ratio']:g} with --pretrained none"),
     AMP,
+    # 24: a GradScaler halves its scale at every step it skips, so 24 in a row took it from 65536 (2**16) to 2**-8:
+    # no overflow of the fp16 range is left to blame; a few in a row are routine (the scale probing upwards)
+    Flag("max_overflow_steps", int, 24, "fp16: stop the run (one line, exit 2) after this many optimizer steps in a row "
+         "skipped by the GradScaler (an inf / NaN gradient or loss; the weights unchanged, the scale halved each time: 24 "
+         "in a row is a scale fallen 2**24-fold, so the model diverged); skipped steps are counted and printed at each "
+         "epoch's end. bf16 and fp32 stop at the first non-finite loss", range=COUNT),
     SEED,
     Flag("resume", None, False, "continue the run saved in --out/checkpoint.pt", switch="on"),
     Flag("save_every", int, 1000, "also save a checkpoint every N steps (0: at epoch ends only)", range=Range(0), absent=0),
@@ -440,6 +447,7 @@ class TrainConfig:
     log_every: int
     sync_bn: bool
     max_bad_images: int
+    max_overflow_steps: int  # fp16: stop after this many steps in a row skipped by the GradScaler
     flags: dict = field(default_factory=dict)  # every flag, as the checkpoint stores it
 
     @property
@@ -464,7 +472,7 @@ class TrainConfig:
             eval=Runtime(torch.device(device), v["eval_batch_size"], **runtime),
             optimizer=v["optimizer"], weight_decay=v["weight_decay"], seed=v["seed"], resume=bool(v["resume"]),
             save_every=v["save_every"], keep_epochs=bool(v["keep_epochs"]), log_every=v["log_every"],
-            sync_bn=bool(v["sync_bn"]), max_bad_images=v["max_bad_images"], flags=f,
+            sync_bn=bool(v["sync_bn"]), max_bad_images=v["max_bad_images"], max_overflow_steps=v["max_overflow_steps"], flags=f,
         )
 
 

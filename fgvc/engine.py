@@ -3,8 +3,9 @@ logging around `train_one_epoch` (the loop over batches, `train_step` each) and 
 
 SGD with Nesterov momentum 0.9 and weight decay (--weight-decay); the backbone learns at
 `backbone_lr_ratio` times the head's rate; both follow the original's per-epoch triangle.
-Mixed precision with torch.autocast (bf16, or fp16 with a GradScaler); a checkpoint at the end of
-every epoch and every `save_every` steps; `resume` continues from it, mid-epoch included.
+Mixed precision with torch.autocast (bf16, or fp16 with a GradScaler: a step it skips for an
+overflow is counted, and only --max-overflow-steps of them in a row stop the run); a checkpoint at
+the end of every epoch and every `save_every` steps; `resume` continues from it, mid-epoch included.
 """
 import json
 import math
@@ -133,7 +134,9 @@ class Logger:
             self.scalar(f"val/top{k}_err", e, epoch)
         self.epoch(record)
         shown = ", ".join(f"top-{k} err {errors[k]:.3f}" for k in (1, 5) if k in errors)
-        print(f"epoch {epoch}/{epochs}: loss {record['train_loss']:.4f}, {record['images_per_s']:.1f} img/s" + (f", val {shown}" if shown else ""), flush=True)
+        skipped = f", {record['fp16_skipped_steps']} fp16 steps skipped (overflow)" if "fp16_skipped_steps" in record else ""
+        print(f"epoch {epoch}/{epochs}: loss {record['train_loss']:.4f}, {record['images_per_s']:.1f} img/s{skipped}"
+              + (f", val {shown}" if shown else ""), flush=True)
 
     def close(self):
         if self.tb is not None:
@@ -149,22 +152,26 @@ def step_seed(seed, epoch, step_in_epoch, rank=0):
 
 def train_step(model, x, y, *, optimizer, scaler=None, autocast=None, weight=None):
     """One optimizer step on the batch (x, y): forward (under `autocast`), cross-entropy in fp32
-    (times `weight` when given), backward (through `scaler`, fp16's GradScaler, when given), step.
-    Returns the loss."""
+    (times `weight` when given), backward (through `scaler`, fp16's GradScaler, when it is on), step.
+    Returns (loss, skipped): `skipped` is None without a scaler, else a 0-d bool on the device, True
+    when the scaler found an inf / NaN gradient and skipped the step (the weights unchanged). Read
+    from the scale it lowers exactly then (update() halves it on a skip, never otherwise), so the
+    host does not wait for it."""
     with (autocast or nullcontext)():
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y)
     if weight is not None:
         loss = loss * weight
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
+    if scaler is None or not scaler.is_enabled():
         loss.backward()
         optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return loss
+        return loss, None
+    scaler.scale(loss).backward()
+    scale = scaler._scale.clone()  # the scale this step used (a device tensor; get_scale() would wait for it)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, (scaler._scale < scale).reshape(())
 
 
 @dataclass
@@ -180,6 +187,7 @@ class TrainState:
     class_ids: list
     class_info: dict = None  # names, supercategories, train counts (checkpoint.class_info)
     step: int = 0  # optimizer steps so far
+    overflow_run: object = None  # fp16: the steps skipped in a row so far (a device tensor, carried across epochs)
 
     def save(self, epoch_done, step_in_epoch):
         """The checkpoint at this step (main process), and where the interrupt message points."""
@@ -235,47 +243,111 @@ def stop_if_asked(votes):
         raise interrupt.Stopped(signum, interrupt.stop_message(signum))
 
 
-class Tally:
-    """The loss of the steps since the last read, kept on the device with the step of the first
-    non-finite one: the loop never waits for the device. `read` is one collective and one
-    device-to-host transfer for a whole window of steps (every --log-every steps, before a save,
-    at the epoch's end), and carries the stop vote and the unreadable-image count with it."""
+@dataclass
+class Window:
+    """What Tally.read returns: sums over all processes of a window of steps."""
 
-    def __init__(self, device):
-        self.device = device
+    loss: float  # summed loss of the images whose loss was finite
+    n: int  # readable images trained on
+    counted: float  # images in `loss` (n, less those of fp16 steps whose loss was not finite)
+    bad: float  # unreadable images so far
+    votes: float  # processes asked to stop
+    skipped: int  # fp16 steps the GradScaler skipped
+    first: object  # the step (0-based in the epoch) that stops the run, the earliest of any process; or None
+
+    @property
+    def mean_loss(self):
+        return self.loss / max(1.0, self.counted)
+
+
+class Tally:
+    """The loss of the steps since the last read, kept on the device with the step that stops the
+    run: the loop never waits for the device. `read` is one collective and one device-to-host
+    transfer for a whole window of steps (every --log-every steps, before a save, at the epoch's
+    end), and carries the stop vote and the unreadable-image count with it.
+
+    Without a GradScaler (bf16, fp32) the run stops at the first non-finite loss. With one (fp16),
+    a step it skips (an overflowing gradient, or a non-finite loss: the weights unchanged) is
+    counted, its loss left out, and the run stops only at the `max_overflow`-th skip in a row
+    (`run`: the current count of those, carried across windows)."""
+
+    def __init__(self, device, max_overflow=None, run=None):
+        self.device, self.max_overflow = device, max_overflow
+        self.run = torch.zeros((), dtype=torch.int64, device=device) if run is None else run
         self.reset()
 
     def reset(self):
-        self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        zero = dict(dtype=torch.float64, device=self.device)
+        self.loss, self.counted, self.skipped = torch.zeros((), **zero), torch.zeros((), **zero), torch.zeros((), **zero)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.n, self.steps = 0, 0
 
-    def add(self, loss, n, step_in_epoch):
-        """One step's mean loss over its `n` readable images (n = 0: a zero-weight step)."""
+    def add(self, loss, n, step_in_epoch, skipped=None):
+        """One step's mean loss over its `n` readable images (n = 0: a zero-weight step, not
+        counted), and whether its GradScaler skipped it (None: no scaler)."""
         self.steps += 1
-        if n:
-            loss = loss.detach().to(torch.float64)
+        self.n += n
+        loss = loss.detach().to(torch.float64)
+        finite = torch.isfinite(loss)
+        if skipped is None:  # bf16, fp32: the first non-finite loss stops the run
+            if not n:
+                return
             self.loss += loss * n
-            fresh = (self.first_bad < 0) & ~torch.isfinite(loss)
-            self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step_in_epoch), self.first_bad)
-            self.n += n
+            self.counted += n
+            stop = ~finite
+        else:  # fp16: a skipped step is counted; the max_overflow-th in a row stops the run
+            self.skipped += skipped
+            self.run = torch.where(skipped, self.run + 1, torch.zeros_like(self.run))
+            self.loss += torch.where(finite, loss * n, torch.zeros_like(loss))
+            self.counted += finite * n
+            stop = self.run >= self.max_overflow
+        fresh = (self.first_bad < 0) & stop
+        self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step_in_epoch), self.first_bad)
 
     def read(self, n_bad, vote):
-        """(loss sum, images, unreadable images, stop votes), summed over all processes, and the
-        first non-finite step of the window (0-based in the epoch, the earliest of any process) or
-        None; then starts a new window."""
-        loss, n, bad, votes, nonfinite = dist.all_sum(
-            [self.loss, self.n, n_bad, float(vote), (self.first_bad >= 0).to(torch.float64)], self.device)
+        """The window's Window, summed over all processes; then starts a new window."""
+        loss, n, counted, bad, votes, skipped, stopping = dist.all_sum(
+            [self.loss, self.n, self.counted, n_bad, float(vote), self.skipped, (self.first_bad >= 0).to(torch.float64)], self.device)
         first = None
-        if nonfinite > 0:
+        if stopping > 0:
             mine = self.first_bad.item()
             first = int(dist.all_min(mine if mine >= 0 else math.inf, self.device))
         self.reset()
-        return loss, n, bad, votes, first
+        return Window(loss, int(n), counted, bad, votes, int(skipped), first)
+
+
+def stop_message(state, w, epoch, step_in_epoch):
+    """The one line of a run stopped at `w.first`: a non-finite loss (bf16, fp32), or fp16's
+    --max-overflow-steps skipped steps in a row."""
+    kept = f"the last good checkpoint {state.path} is kept" if state.path.exists() else "no checkpoint was written yet"
+    where = (f"epoch {epoch + 1}, step {w.first + 1} of the epoch (global step {state.step - (step_in_epoch - w.first) + 1}; "
+             f"read after step {step_in_epoch}); {kept}")
+    if state.scaler is not None and state.scaler.is_enabled():
+        k = state.config.max_overflow_steps
+        return (f"fp16: {k} steps in a row skipped by the GradScaler (inf / NaN gradients or loss; its scale halved at each, "
+                f"--max-overflow-steps {k}) at {where}. Lower --lr or try --amp bf16 / off")
+    return f"non-finite loss ({w.mean_loss}) at {where}. Lower --lr or try --amp off"
+
+
+@dataclass
+class EpochSums:
+    """What train_one_epoch returns: its windows (Window) added up, over all processes."""
+
+    loss: float = 0.0  # summed loss of the images whose loss was finite
+    seen: int = 0  # readable images trained on
+    counted: float = 0.0  # images in `loss` (fewer than `seen` only under fp16, where a non-finite loss skips its step)
+    skipped: int = 0  # fp16 steps the GradScaler skipped
+
+    def add(self, w):
+        self.loss, self.seen, self.counted, self.skipped = self.loss + w.loss, self.seen + w.n, self.counted + w.counted, self.skipped + w.skipped
+
+    @property
+    def mean_loss(self):
+        return self.loss / max(1.0, self.counted)
 
 
 def train_one_epoch(state, loader, *, epoch, skip, steps_per_epoch, bad, logger):
-    """One epoch from its step `skip`: returns (summed loss, images seen). Saves every `save_every`
+    """One epoch from its step `skip`: returns its EpochSums. Saves every `save_every`
     steps; on SIGTERM / SIGUSR1 saves at the next read of the tallies (Tally) and raises
     interrupt.Stopped. The host reads the device only every `log_every` steps, before a save and
     at the epoch's end, so that it can queue the next steps ahead."""
@@ -283,9 +355,10 @@ def train_one_epoch(state, loader, *, epoch, skip, steps_per_epoch, bad, logger)
     autocast = autocast_for(device, config.amp)
     lr = state.optimizer.param_groups[-1]["lr"]  # the head's
     state.model.train()
-    loss_sum, seen, t0 = 0.0, 0, time.time()
+    sums, t0 = EpochSums(), time.time()
     bar = tqdm(loader, total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not main, dynamic_ncols=True)
-    step_in_epoch, tally, rank = skip, Tally(device), dist.rank()
+    step_in_epoch, rank = skip, dist.rank()
+    tally = Tally(device, config.max_overflow_steps, state.overflow_run)
     for x, y, idx, ok in bar:
         interrupt.progress(where=f"epoch {epoch + 1}/{config.epochs}, step {step_in_epoch + 1} of {steps_per_epoch}")
         ok = ok.numpy()  # host flags: no device involved
@@ -296,46 +369,42 @@ def train_one_epoch(state, loader, *, epoch, skip, steps_per_epoch, bad, logger)
             x, y = x[use], y[use]
         x, y = to_device(x, device), y.to(device, non_blocking=True)  # all readable: the pinned batch itself
         torch.manual_seed(step_seed(config.seed, epoch, step_in_epoch, rank))  # dropout
-        loss = train_step(state.model, x, y, optimizer=state.optimizer, scaler=state.scaler, autocast=autocast,
-                          weight=None if n else 0.0)
-        tally.add(loss, n, step_in_epoch)
+        loss, overflow = train_step(state.model, x, y, optimizer=state.optimizer, scaler=state.scaler, autocast=autocast,
+                                    weight=None if n else 0.0)
+        tally.add(loss, n, step_in_epoch, overflow)
         state.step += 1
         step_in_epoch += 1
         save_due = bool(config.save_every) and state.step % config.save_every == 0 and step_in_epoch < steps_per_epoch
         if not (save_due or step_in_epoch % config.log_every == 0 or step_in_epoch == steps_per_epoch):
             continue
         window = tally.steps
-        w_loss, w_n, n_bad, votes, first_bad = tally.read(len(bad.rows), interrupt.requested() is not None)
-        if first_bad is not None:
-            kept = f"the last good checkpoint {state.path} is kept" if state.path.exists() else "no checkpoint was written yet"
-            raise NonFiniteLoss(
-                f"non-finite loss ({w_loss / max(1.0, w_n)}) at epoch {epoch + 1}, step {first_bad + 1} of the epoch "
-                f"(global step {state.step - (step_in_epoch - first_bad) + 1}; read after step {step_in_epoch}); {kept}. "
-                "Lower --lr or try --amp off")
-        bad.check(n_bad)  # the sum over all processes: every process raises together
-        loss_sum += w_loss
-        seen += w_n
+        w = tally.read(len(bad.rows), interrupt.requested() is not None)
+        if w.first is not None:
+            raise NonFiniteLoss(stop_message(state, w, epoch, step_in_epoch))
+        bad.check(w.bad)  # the sum over all processes: every process raises together
+        sums.add(w)
         if main:
-            bar.set_postfix(loss=f"{w_loss / max(1.0, w_n):.3f}", lr=f"{lr:.2e}", img_s=f"{seen / max(1e-9, time.time() - t0):.1f}")
+            bar.set_postfix(loss=f"{w.mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{sums.seen / max(1e-9, time.time() - t0):.1f}")
             if window:
-                logger.scalar("train/loss", w_loss / max(1.0, w_n), state.step)
-        if votes > 0:
+                logger.scalar("train/loss", w.mean_loss, state.step)
+        if w.votes > 0:
             state.save(epoch, step_in_epoch)
             bar.close()
-            stop_if_asked(votes)
+            stop_if_asked(w.votes)
         if save_due:
             state.save(epoch, step_in_epoch)
     bar.close()
     if tally.steps:  # the loader ended early (never, with EpochSampler): read what is left
-        w_loss, w_n, n_bad, _, first_bad = tally.read(len(bad.rows), False)
-        if first_bad is not None:
-            raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {first_bad + 1} of the epoch. Lower --lr or try --amp off")
-        bad.check(n_bad)
-        loss_sum, seen = loss_sum + w_loss, seen + w_n
-    if skip < steps_per_epoch and seen == 0:
+        w = tally.read(len(bad.rows), False)
+        if w.first is not None:
+            raise NonFiniteLoss(stop_message(state, w, epoch, step_in_epoch))
+        bad.check(w.bad)
+        sums.add(w)
+    state.overflow_run = tally.run
+    if skip < steps_per_epoch and sums.seen == 0:
         raise BadImagesError(f"{loader.dataset.split.json_path}: no readable image in epoch {epoch + 1} "
                              f"({len(bad.rows)} unreadable of {len(loader.dataset)}); nothing to train on")
-    return loss_sum, seen
+    return sums
 
 
 @dataclass
@@ -393,8 +462,7 @@ def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args, cl
             lr = set_lr(optimizer, config.lr, epoch, config.epochs)
             sampler.set_epoch(epoch, start=skip * config.batch_size)
             t0 = time.time()
-            loss_sum, seen = train_one_epoch(state, loader, epoch=epoch, skip=skip, steps_per_epoch=steps_per_epoch,
-                                             bad=bad, logger=logger)
+            sums = train_one_epoch(state, loader, epoch=epoch, skip=skip, steps_per_epoch=steps_per_epoch, bad=bad, logger=logger)
             skip = 0
             train_time = time.time() - t0
             dist.sync_buffers(unwrap(state.model))  # evaluate, save and localize with rank 0's statistics
@@ -402,9 +470,11 @@ def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args, cl
             state.save(epoch + 1, 0)
             if config.keep_epochs and main:
                 save_epoch_weights(out_dir, epoch + 1, state.model)
-            record = {"epoch": epoch + 1, "step": state.step, "lr": lr, "train_loss": loss_sum / max(1.0, seen),
-                      "images_per_s": seen / max(1e-9, train_time), "time_s": round(time.time() - t0, 2),
+            record = {"epoch": epoch + 1, "step": state.step, "lr": lr, "train_loss": sums.mean_loss,
+                      "images_per_s": sums.seen / max(1e-9, train_time), "time_s": round(time.time() - t0, 2),
                       **{f"val_top{k}_err": e for k, e in errors.items()}}
+            if scaler.is_enabled():
+                record["fp16_skipped_steps"] = sums.skipped
             if main:
                 logger.epoch_end(record, errors, config.epochs)
             interrupt.progress(where=f"the end of epoch {epoch + 1}/{config.epochs}")

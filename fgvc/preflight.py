@@ -232,7 +232,7 @@ def measure_training(parts, config, *, steps, tmp):
                          parts.model_args, parts.class_ids, parts.class_info)
     t0 = time.perf_counter()
     resume_from(resumed, loop_steps)
-    loss = train_step(model, x, y, optimizer=resumed.optimizer, scaler=resumed.scaler, autocast=autocast)
+    loss, _ = train_step(model, x, y, optimizer=resumed.optimizer, scaler=resumed.scaler, autocast=autocast)
     r["resume_s"] = time.perf_counter() - t0
     r["resumed_loss"] = float(loss.detach())
     del resumed

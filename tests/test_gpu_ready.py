@@ -1,7 +1,7 @@
 """The GPU path, tested on the CPU (issue 20): the device stated and checked, per-rank randomness,
 no per-step host sync, localization without per-shape autotuning, ranks that agree."""
+import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +212,77 @@ def test_a_non_finite_loss_is_found_at_its_step_between_reads(small, tmp_path, m
         _fit(small, tmp_path / "o", log_every=3)
 
 
+# ---------------------------------------------------------------- 5. fp16: overflowing steps skipped, counted
+
+def _fp16_on_the_cpu(monkeypatch, bad_calls):
+    """fp16's GradScaler on the CPU (torch.amp.GradScaler("cpu"); autocast stays fp32, which fp16
+    refuses on the CPU), with the loss made infinite at the training steps in `bad_calls` (1-based),
+    and the head's weight recorded before and after every step."""
+    from contextlib import nullcontext
+
+    monkeypatch.setattr(engine, "autocast_for", lambda device, amp: nullcontext)
+    real_ce, calls = engine.F.cross_entropy, {"n": 0}
+
+    def ce(*a, **k):
+        calls["n"] += 1
+        loss = real_ce(*a, **k)
+        return loss * float("inf") if calls["n"] in bad_calls else loss
+
+    monkeypatch.setattr(engine.F, "cross_entropy", ce)
+    real_step, steps = engine.train_step, []
+
+    def step(model, *a, **k):
+        head = engine.unwrap(model).param_groups()[1][0]
+        before = head.detach().clone()
+        loss, skipped = real_step(model, *a, **k)
+        steps.append((bool(skipped), torch.equal(before, head.detach())))
+        return loss, skipped
+
+    monkeypatch.setattr(engine, "train_step", step)
+    return steps
+
+
+def test_fp16_skips_an_overflowing_step_counts_it_and_goes_on(small, tmp_path, monkeypatch, capsys):
+    steps = _fp16_on_the_cpu(monkeypatch, bad_calls={2, 3, 5})
+    _fit(small, tmp_path / "o", amp="fp16", epochs=2, log_every=3, max_overflow_steps=3)
+    assert len(steps) == 12
+    assert [s for s, _ in steps] == [i in (1, 2, 4) for i in range(12)]  # the scaler skipped exactly those steps
+    assert all(same == skipped for skipped, same in steps)  # their weights unchanged; every other step moved them
+    log = [json.loads(l) for l in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
+    assert [r["fp16_skipped_steps"] for r in log] == [3, 0] and all(math.isfinite(r["train_loss"]) for r in log)
+    out = capsys.readouterr().out
+    assert "epoch 1/2: loss " in out and ", 3 fp16 steps skipped (overflow)" in out and ", 0 fp16 steps skipped" in out
+
+
+def test_fp16_stops_after_max_overflow_steps_in_a_row(small, tmp_path, monkeypatch):
+    from fgvc.errors import NonFiniteLoss
+
+    _fp16_on_the_cpu(monkeypatch, bad_calls={1, 2, 4, 5, 6})  # 2 in a row (not yet), then 3: the third stops it
+    with pytest.raises(NonFiniteLoss) as e:
+        _fit(small, tmp_path / "o", amp="fp16", log_every=6, max_overflow_steps=3)
+    msg = str(e.value)
+    assert msg.startswith("fp16: 3 steps in a row skipped by the GradScaler") and "--max-overflow-steps 3" in msg
+    assert "at epoch 1, step 6 of the epoch (global step 6; read after step 6); no checkpoint was written yet" in msg
+    assert "\n" not in msg
+
+
+def test_an_overflow_run_is_counted_across_epochs(small, tmp_path, monkeypatch):
+    from fgvc.errors import NonFiniteLoss
+
+    _fp16_on_the_cpu(monkeypatch, bad_calls={5, 6, 7, 8})  # the last two steps of epoch 1, the first two of epoch 2
+    with pytest.raises(NonFiniteLoss, match=r"^fp16: 4 steps in a row .* at epoch 2, step 2 of the epoch \(global step 8;"):
+        _fit(small, tmp_path / "o", amp="fp16", epochs=2, log_every=6, max_overflow_steps=4)
+
+
+def test_bf16_and_fp32_still_stop_at_the_first_non_finite_loss(small, tmp_path, monkeypatch):
+    from fgvc.errors import NonFiniteLoss
+
+    steps = _fp16_on_the_cpu(monkeypatch, bad_calls={2})
+    with pytest.raises(NonFiniteLoss, match=r"^non-finite loss \((inf|nan)\) at epoch 1, step 2 of the epoch"):
+        _fit(small, tmp_path / "o", amp="off", log_every=3, max_overflow_steps=3)
+    assert [s for s, _ in steps] == [False] * 3  # no scaler: nothing skipped, the weights moved by the inf step
+
+
 # ---------------------------------------------------------------- 4. localization shapes; 6. ranks agree
 
 def _coarse(root):
@@ -262,11 +333,15 @@ def test_cuda_n_in_one_process_is_the_current_device():
     assert fdist.setup(f"cuda:{n}", announce=False) == torch.device("cuda", n) and torch.cuda.current_device() == n
 
 
-def test_amp_auto_is_bf16_only_where_it_is_native():
+def test_amp_auto_is_bf16_only_where_it_is_native(monkeypatch):
     from fgvc.cli import resolve_amp
 
     assert resolve_amp("off", "cpu") == "off" and resolve_amp("bf16", "cpu") == "bf16"
-    assert resolve_amp("auto", "cuda") == "bf16"
+    for cap, amp in (((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16"), ((6, 1), "fp16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        assert resolve_amp("auto", "cuda") == amp and resolve_amp("auto", "cuda:0") == amp, cap
+    assert resolve_amp("fp16", "cuda") == "fp16" and resolve_amp("off", "cuda") == "off"
+    monkeypatch.undo()
     # the CPU's own flags, read independently of torch: no AVX-512 at all -> fp32; native bf16 -> bf16
     info = Path("/proc/cpuinfo")
     if not info.is_file():
