@@ -8,7 +8,9 @@ import torch
 
 from . import devices, dist, image, interrupt, outputs
 from .config import RECIPE, Runtime, TrainConfig, eval_batch_size
-from .errors import UserError, fail, last_line
+from .errors import UserError, fail, first_line, last_line
+
+NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"  # torch's words
 
 
 def parser(config):
@@ -105,7 +107,8 @@ def run(main, parser):
         if getattr(args, "amp", None) == "auto":
             args.amp = resolve_amp(args.amp, args.device)
         image.configure(getattr(args, "max_megapixels", None), getattr(args, "lenient_jpeg", None))
-        main(args)
+        with devices.determinism(getattr(args, "deterministic", False)):
+            main(args)
     except UserError as e:
         fail(e, e.code)
     except OSError as e:
@@ -115,6 +118,8 @@ def run(main, parser):
     except interrupt.Stopped as e:
         fail(str(e) or interrupt.stop_message(e.signum), e.code)
     except Exception as e:
+        if NO_DETERMINISTIC_KERNEL in str(e):  # --deterministic met an op torch has no deterministic kernel for
+            fail(f"--deterministic: {first_line(e)} (previous files left intact); run without --deterministic", 2)
         if "DataLoader worker" not in str(e):
             raise  # a bug in this process: its traceback (the workers are ended below all the same)
         fail(f"a data loader worker failed: {last_line(e)} (previous files left intact)", 1)

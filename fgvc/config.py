@@ -240,6 +240,10 @@ AMP = Flag("amp", str, "auto", "autocast precision; auto: on CUDA bf16 where the
            ">= 8.0), else fp16 with a GradScaler; on the CPU bf16 where it is native (AVX512-BF16/AMX), off elsewhere (bf16 "
            "emulated on an AVX2 CPU is ~10x slower than fp32); fp16 (with a GradScaler) on CUDA only",
            choices=("auto", "bf16", "fp16", "off"), keep=True)
+DETERMINISTIC = Flag("deterministic", None, False, "deterministic kernels: cudnn.deterministic, cudnn.benchmark off, "
+                     "torch.use_deterministic_algorithms(True) (an op without a deterministic kernel stops the run with one line "
+                     "naming it) and CUBLAS_WORKSPACE_CONFIG=:4096:8; for bit-for-bit reruns and resumes on CUDA (slower; "
+                     "untested on a GPU here); the CPU is deterministic without it (README, Reproducibility)", switch="on")
 BATCH_SIZE = Flag("batch_size", int, 14, "images per step and process; the global batch is this times the number of processes",
                   range=COUNT, keep=True)
 SEED = Flag("seed", int, 0, "random seed: same seed, same machine, same run", range=Range(0, 2**32 - 1), keep=True)
@@ -325,6 +329,7 @@ TRAIN = Section("training (defaults: the original solution)", (
     Flag("log_every", int, 20, "read the loss, counters and stop requests from the device, and log the loss, every N steps "
          "(and at epoch ends); in between the training loop never waits on the device", range=COUNT),
     Flag("sync_bn", None, False, "SyncBatchNorm across processes under torchrun", switch="on", keep=True),
+    DETERMINISTIC,
 ))
 
 LOCALIZATION = Section("localization", (
@@ -377,7 +382,8 @@ FineConfig = StageConfig("fine", "Fine stage: classifier on CAM crops",
                          (data_section("fine/out"), Section("the coarse stage's output", (COARSE_DIR,)), MODEL, FINE_CROPS, TRAIN, PREFLIGHT),
                          keeps_also=("world_size",))
 TestConfig = StageConfig("test", "Test: fine model on crops, prior correction, submission.csv",
-                         (TEST_INPUTS, TEST_SCORING, Section("runtime", SCORING_RUNTIME.flags + tuple(replace(f, keep=False) for f in DECODING)), PREFLIGHT))
+                         (TEST_INPUTS, TEST_SCORING, Section("runtime", SCORING_RUNTIME.flags + (DETERMINISTIC,)
+                                                      + tuple(replace(f, keep=False) for f in DECODING)), PREFLIGHT))
 
 def parse_fixed_tau(value):
     """predict.py's --tau: a number ('auto' needs a labelled val split, which prediction has not)."""

@@ -8,8 +8,10 @@ naming the driver / CUDA mismatch and what to install (`--device cpu` runs on th
 torch and CUDA versions, or "cpu" with the reason CUDA is not used.
 """
 import glob
+import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 
 import torch
 
@@ -95,6 +97,33 @@ def capability(device):
     """(major, minor) compute capability of a CUDA device, None elsewhere."""
     device = torch.device(device)
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
+# cuBLAS is deterministic only with a fixed workspace (CUDA >= 10.2; torch raises without it)
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextmanager
+def determinism(on):
+    """--deterministic, inside: cuDNN's deterministic algorithms and no autotuning (cudnn.deterministic,
+    cudnn.benchmark off; inference.prepare_model then leaves it off), torch.use_deterministic_algorithms(True)
+    (an op with no deterministic kernel raises instead of running: cli.run says so in one line), and
+    CUBLAS_WORKSPACE_CONFIG (unless already set). Off: nothing changes. Put back on the way out."""
+    if not on:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    was = torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0])
+        cudnn.deterministic, cudnn.benchmark = was[1], was[2]
+        if was[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def describe(device, world=1):

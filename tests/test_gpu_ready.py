@@ -2,6 +2,8 @@
 no per-step host sync, localization without per-shape autotuning, ranks that agree."""
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from harness import COARSE_TINY, ROOT, error_line, run_script
 
 import fgvc.dist as fdist
 import fgvc.engine as engine
-from fgvc import devices
+from fgvc import devices, interrupt
 from fgvc.annotations import load_dataset
 from fgvc.cam import localize
 from fgvc.checkpoint import on_cpu
@@ -61,13 +63,14 @@ def test_every_stage_states_its_device(tmp_path, run_cli):
 
     data = make_dataset(tmp_path / "ds", per_class=(3, 2, 2))
     tiny = [*COARSE_TINY, "--epochs", "1"]
-    code, out, _ = run_cli("coarse/train.py", "--data", data, "--out", tmp_path / "c", *tiny)
+    code, out, _ = run_cli("coarse/train.py", "--data", data, "--out", tmp_path / "c", *tiny, "--deterministic")
     assert code == 0 and "device: cpu (--device cpu), torch " in out
+    assert not torch.are_deterministic_algorithms_enabled()  # cli.run put it back
     code, out, _ = run_cli("fine/train.py", "--data", data, "--coarse", tmp_path / "c", "--out", tmp_path / "f",
                            *[a for a in tiny if a not in ("--resize", "56", "--mask-size", "32")])
     assert code == 0 and "device: cpu (--device cpu)" in out
     code, out, _ = run_cli("test.py", "--data", data, "--coarse", tmp_path / "c", "--fine", tmp_path / "f", "--device", "cpu",
-                           "--workers", "0", "--amp", "off", "--submission", tmp_path / "s.csv")
+                           "--workers", "0", "--amp", "off", "--submission", tmp_path / "s.csv", "--deterministic")
     assert code == 0 and "device: cpu (--device cpu)" in out
 
 
@@ -353,3 +356,65 @@ def test_amp_auto_is_bf16_only_where_it_is_native(monkeypatch):
         assert resolve_amp("auto", "cpu") == "bf16"
     else:
         pytest.skip("AVX-512 without native bf16: either answer is defensible")
+
+
+# ---------------------------------------------------------------- 7. --deterministic
+
+def test_deterministic_sets_torch_and_puts_it_back(monkeypatch):
+    cudnn = torch.backends.cudnn
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    before = torch.are_deterministic_algorithms_enabled(), cudnn.deterministic
+    with devices.determinism(False):  # the default: nothing changes
+        assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic) == before and cudnn.benchmark
+    with devices.determinism(True):
+        assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic) == before and cudnn.benchmark
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+def test_an_op_without_a_deterministic_kernel_is_one_line_and_exit_2(small, tmp_path, run_cli, monkeypatch):
+    def step(*a, **k):  # Tensor.put_ has no deterministic kernel, on the CPU too
+        torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0]))
+
+    monkeypatch.setattr(engine, "train_step", step)
+    code, _, err = run_cli("coarse/train.py", "--data", small, "--out", tmp_path / "c", *COARSE_TINY, "--deterministic")
+    line = error_line(err)
+    assert code == 2 and line.startswith("error: --deterministic: put_ does not have a deterministic implementation")
+    assert line.endswith("; run without --deterministic") and "Traceback" not in err
+
+
+@pytest.fixture
+def sigterm_handlers():
+    interrupt.install()
+    yield
+    for s in interrupt.PREEMPT:
+        signal.signal(s, signal.SIG_DFL)
+
+
+def test_a_deterministic_run_resumes_bit_for_bit(small, tmp_path, monkeypatch, sigterm_handlers):
+    from fgvc.checkpoint import load_checkpoint
+
+    with devices.determinism(True):
+        torch.manual_seed(0)  # the model's initial weights
+        _fit(small, tmp_path / "full", epochs=2)
+        real, calls = engine.train_step, {"n": 0}
+
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 8:  # epoch 2, its 2nd step: saved and stopped at the next read (step 4)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **k)
+
+        monkeypatch.setattr(engine, "train_step", step)
+        torch.manual_seed(0)
+        with pytest.raises(interrupt.Stopped):
+            _fit(small, tmp_path / "cut", epochs=2)
+        saved = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+        assert (saved["epoch"], saved["step"], saved["step_in_epoch"]) == (1, 10, 4)
+        monkeypatch.setattr(engine, "train_step", real)
+        interrupt.install()  # a new process, as after a requeue
+        _fit(small, tmp_path / "cut", epochs=2, resume=True)
+    full, cut = (load_checkpoint(tmp_path / d / "checkpoint.pt")["model"] for d in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
