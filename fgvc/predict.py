@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -94,7 +95,7 @@ class Inputs:
         real = Path(p) if listed_in is None and Path(p).is_absolute() else (listed_in or resolve("")) / p
         if real.is_dir():
             for f in _walk(real):
-                self._file(str(Path(p) / os.path.relpath(f, real)), Path(f), folder=True)
+                self._file(str(Path(p) / os.path.relpath(f, real)), Path(f))
         else:
             self._file(p if listed_in is None else str(real), real)
 
@@ -109,8 +110,10 @@ class Inputs:
             if line.strip() and not line.lstrip().startswith("#"):
                 self._add(line.strip(), listed_in=path.parent)
 
-    def _file(self, shown, real, folder=False):
+    def _file(self, shown, real):
         try:
+            if not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO would block the read for ever
+                return self.skipped.append((shown, "not a regular file"))
             head = _head(real)
         except OSError as e:
             return self.skipped.append((shown, f"unreadable ({e.strerror or e})"))

@@ -121,14 +121,15 @@ def test_a_folder_of_mixed_files(run, tmp_path, run_cli):
     (photos / "e.txt").write_bytes(open(src[4], "rb").read())  # a JPEG by its content
     (photos / "notes.txt").write_text("not a photo\n")
     (photos / ".hidden").write_text("never listed\n")
+    os.mkfifo(photos / "pipe.jpg")  # never opened: it would block
     out = tmp_path / "p.csv"
     code, stdout, err = run_cli("predict.py", *predict_args(run, out, photos))
     assert code == 0, err
     assert [r[0] for r in read_rows(out)[1:]] == [str(photos / n) for n in ("a.jpg", "d.png", "e.txt", "sub/b.jpg")]
     skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
-    assert skipped == [f"skipped {photos / 'notes.txt'}: not an image (by its content)",
+    assert skipped == [f"skipped {photos / 'notes.txt'}: not an image (by its content)", f"skipped {photos / 'pipe.jpg'}: not a regular file",
                        f"skipped {photos / 'c.jpg'}: truncated JPEG (no end-of-image marker)"], err
-    assert "2 files skipped" in stdout
+    assert "3 files skipped" in stdout
 
 
 def test_no_readable_file_is_exit_1_and_nothing_written(run, tmp_path, run_cli):
@@ -184,3 +185,27 @@ def test_the_python_api_gives_the_commands_rows(run, tmp_path, run_cli):
     from_array = p.predict(rgb, topk=5)
     assert from_array["path"] == "<array>" and from_array["predictions"] == command[0]["predictions"]
     assert np.array_equal(from_array["box"], command[0]["box"])
+
+
+def test_checkpoints_older_than_their_class_names_need_data(run, tmp_path, run_cli):
+    """A checkpoint without class names and counts (saved before issue 23.1): a one-line error naming
+    --data; with --data, the dataset's names and prior give the same rows."""
+    import shutil
+
+    import torch
+
+    old = {}
+    for kind in ("coarse", "fine"):
+        old[kind] = tmp_path / kind
+        old[kind].mkdir()
+        ckpt = torch.load(run[kind] / "checkpoint.pt", weights_only=True)
+        for key in ("class_names", "supercategories", "class_counts"):
+            ckpt.pop(key, None)
+        torch.save(ckpt, old[kind] / "checkpoint.pt")
+    shutil.copy(run["coarse"] / "masks_test.npz", old["coarse"])
+    args = ["--coarse", old["coarse"], "--fine", old["fine"], *SCORING_TINY]
+    code, _, err = run_cli("predict.py", run["files"][0], "--out", tmp_path / "a.csv", *args)
+    assert code == 2 and "give --data" in error_line(err) and not (tmp_path / "a.csv").exists()
+    assert run_cli("predict.py", *run["files"][:3], "--out", tmp_path / "a.csv", *args, "--data", run["data"])[0] == 0
+    assert run_cli("predict.py", *predict_args(run, tmp_path / "b.csv", *run["files"][:3]))[0] == 0
+    assert read_rows(tmp_path / "a.csv") == read_rows(tmp_path / "b.csv")
