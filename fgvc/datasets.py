@@ -1,14 +1,17 @@
 """torch Datasets over a Split, the epoch sampler, and the data loader.
 
 Every sample carries its own random generator, seeded by (seed, epoch, index, rank) in training
-and (seed, 0, index) in inference: augmentations do not depend on the number of workers or on
-where a resumed run starts; under torchrun a process draws its own augmentation and grid mask
-(rank 0 draws what a single process draws), and inference draws the same anywhere.
+and by (seed, 0, the image's pixels) in inference (`image_key`): augmentations do not depend on
+the number of workers or on where a resumed run starts; under torchrun a process draws its own
+augmentation and grid mask (rank 0 draws what a single process draws); inference (the test-time
+crop centres) draws the same for the same picture anywhere: in any split, row, order or batch,
+under any file name (test.py's submission and predict.py's rows agree).
 An unreadable image does not crash a worker: the sample comes back with ok=False (and a blank
 tensor of the right shape), and the engine leaves it out and counts it. Any other error in reading
 or transforming an image is a SampleError naming the json and the file (one line in the CLI).
 """
 import math
+import zlib
 
 import numpy as np
 import torch
@@ -40,17 +43,26 @@ class ImageDataset(Dataset):
         return self.transform(img, rng) if mask is None else self.transform(img, mask, rng)
 
     def __getitem__(self, item):
-        epoch, i, rank = (*item, 0)[:3] if isinstance(item, tuple) else (0, item, 0)
+        training = isinstance(item, tuple)  # EpochSampler's (epoch, index, rank)
+        epoch, i, rank = (*item, 0)[:3] if training else (0, item, 0)
         label = -1 if self.split.labels is None else int(self.split.labels[i])
-        rng = np.random.default_rng([self.seed, epoch, i, rank])  # a trailing rank 0 leaves the seed as [seed, epoch, i]
         try:
             img = read_rgb(self.split.path(i), cache=self.cache)
+            rng = np.random.default_rng([self.seed, epoch, i, rank] if training else [self.seed, 0, image_key(img)])
             return self._apply(img, None if self.masks is None else self.masks[i], rng), label, i, True
         except BadImage:
             return self.blank.clone(), label, i, False
         except Exception as e:  # in a worker too: the main process gets it as one line naming the file
             raise SampleError(f"{self.split.json_path.name}: image id {self.split.image_ids[i]} ({self.split.path(i)}): "
                               f"{type(e).__name__}: {first_line(e)}") from None
+
+
+def image_key(img, samples=64):
+    """A number from an image's pixels (CRC-32 of its shape and of a grid of about samples x samples
+    of its pixels): what seeds its draws in inference, so that the same picture gets the same
+    test-time crops whatever its row or file name. Microseconds an image."""
+    step = max(1, min(img.shape[:2]) // samples)
+    return zlib.crc32(np.ascontiguousarray(img[::step, ::step]).tobytes(), zlib.crc32(np.asarray(img.shape, np.int64).tobytes()))
 
 
 class BadImageCounter:

@@ -8,8 +8,9 @@ fine model's crop rule, the softmax mean, the prior correction at tau (the proba
 over all classes), the top k. Localization and scoring are the stages' own code
 (`stages.localization_input`, `stages.score_split`, the path test.py scores with): the images
 become a `Split` (rows in input order, no labels) whose masks stay in memory, bit-packed (512 bytes
-an image at 64 x 64), instead of a coarse masks file. The crop centres are drawn with an rng per
-(seed, row), as test.py's: the same images in the same order give test.py's numbers exactly.
+an image at 64 x 64), instead of a coarse masks file. The crop centres are drawn with an rng seeded
+by (seed, the image's pixels) (`datasets.image_key`), as test.py's are: the same picture gets
+test.py's numbers exactly, in any order and under any name.
 
 A row (`Predictor.predict`, each line of a .jsonl output, each row of a .csv one):
 {"path": ..., "predictions": [{"category_id", "name", "probability"}, ...], "box": [x, y, w, h]}:
@@ -36,6 +37,7 @@ from .boxes import mask_to_box, scale_box
 from .cam import localize_shard
 from .checkpoint import CHECKPOINT, check_matches, load_checkpoint, stored_class_info
 from .config import CoarseConfig, PredictConfig, parse_fixed_tau
+from .datasets import image_key
 from .errors import CheckpointError, UserError
 from .image import BadImage, read_rgb, upright_size
 from .masks import PackedMasks
@@ -124,7 +126,7 @@ class Inputs:
         self.sizes.append(upright_size(np.frombuffer(head, np.uint8)) or (-1, -1))
 
     def split(self):
-        """A Split of the images: rows in input order (row i, seed (seed, 0, i)), no labels; its
+        """A Split of the images: rows in input order, no labels; its
         root is / so that outputs.claim compares an output with every image by name."""
         names = [os.path.abspath(r).lstrip("/") for r in self.real]
         return Split("predict", Path(self.real[0]) if self.real else Path("/"), Path("/"), np.arange(len(self.real), dtype=np.int64),
@@ -318,13 +320,13 @@ class Result:
     def rows(self):
         return (row for _, row in self.items())
 
-    def largest_crop(self, r):
+    def largest_crop(self, r, img):
         """The largest of row r's test-time crops (x0, y0, x1, y1) in image pixels, as the scoring pass
-        cut it (the same rng draws), or None with the coarse model alone."""
+        cut it from `img` (the same rng draws), or None with the coarse model alone."""
         if self.masks is None:
             return None
-        w, h = self.size(r)
-        rng = np.random.default_rng([self.p.args.seed, 0, r])  # datasets.ImageDataset's draw for row r
+        h, w = img.shape[:2]
+        rng = np.random.default_rng([self.p.args.seed, 0, image_key(img)])  # datasets.ImageDataset's draw in inference
         boxes = self.crop.boxes(self.masks[r], w, h, rng)
         return max((b for b, _ in boxes), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
 
@@ -386,6 +388,6 @@ def write_overlay(path, result, r, row):
     img = read_rgb(result.split.path(r))
     cam = None if result.cams is None else result.cams[r].astype(np.float32)
     top = [(p["name"] or str(p["category_id"]), p["probability"]) for p in row["predictions"][:3]]
-    picture = prediction_overlay(img, cam, row["box"], result.largest_crop(r), top)
+    picture = prediction_overlay(img, cam, row["box"], result.largest_crop(r, img), top)
     ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     atomic_write(path, lambda f: f.write(png.tobytes()))

@@ -1,9 +1,9 @@
 """predict.py (issue 23): the whole method on any photos, with test.py's numbers.
 
 One tiny trained run (coarse + fine, resnet18 from scratch, the toy of harness.make_dataset) is shared
-by the module. predict.py on the test images, given in the test json's order, must give the
+by the module. predict.py on the test images, in another order than the test json's, must give the
 submission's top 5 on every row (both score through stages.score_split, and the crop centres are
-drawn per (seed, row)); the .csv and .jsonl interfaces; a folder holding a broken JPEG, a text
+drawn per (seed, the image's pixels)); the .csv and .jsonl interfaces; a folder holding a broken JPEG, a text
 file and a PNG; no readable file at all; the overlays; the Python API.
 """
 import csv
@@ -36,8 +36,8 @@ def run(tmp_path_factory):
     call("test.py", *scoring_args(data, coarse, fine, sub))
     _, splits = load_dataset(data, splits=("train", "test"))
     test_files = [str(data / n) for n in splits["test"].file_names]
-    listing = tmp / "test.txt"  # the test json's order: test.py's rows
-    listing.write_text("".join(f"{f}\n" for f in test_files))
+    listing = tmp / "test.txt"  # reversed: not test.py's row order
+    listing.write_text("".join(f"{f}\n" for f in test_files[::-1]))
     return {"data": data, "coarse": coarse, "fine": fine, "sub": sub, "test": splits["test"], "files": test_files, "list": listing}
 
 
@@ -58,10 +58,10 @@ def test_predict_gives_the_submissions_top5_on_every_row(run, tmp_path, run_cli)
     assert rows[0] == csv_header(K) and rows[0][:4] == ["path", "category_id_1", "name_1", "probability_1"]
     assert rows[0][-4:] == ["box_x", "box_y", "box_w", "box_h"]
     sub = read_submission(run["sub"])
-    ids = [int(i) for i in run["test"].image_ids]
+    ids = [int(i) for i in run["test"].image_ids][::-1]
     assert len(rows) - 1 == len(ids) == len(sub)
     k = min(K, 3)  # the toy has 3 classes: the submission's 5 are the 3, best first
-    for (image_id, row), file in zip(zip(ids, rows[1:]), run["files"]):
+    for (image_id, row), file in zip(zip(ids, rows[1:]), run["files"][::-1]):
         assert row[0] == file
         top = [int(row[1 + 3 * j]) for j in range(k)]
         assert top == list(sub[image_id])[:k], (file, top, sub[image_id])
@@ -91,7 +91,7 @@ def test_model_coarse_is_test_pys_coarse_baseline(run, tmp_path, run_cli):
     call("test.py", *scoring_args(run["data"], run["coarse"], run["fine"], sub, "--model", "coarse"))
     assert run_cli("predict.py", *predict_args(run, out, f"@{run['list']}", extra=["--model", "coarse"]))[0] == 0
     rows, subs = [json.loads(line) for line in out.read_text().splitlines()], read_submission(sub)
-    for image_id, row in zip(run["test"].image_ids, rows):
+    for image_id, row in zip(run["test"].image_ids[::-1], rows):
         assert [p["category_id"] for p in row["predictions"]] == list(subs[int(image_id)])[:3]
         assert row["box"] is None  # no localization
 
