@@ -209,3 +209,13 @@ def test_checkpoints_older_than_their_class_names_need_data(run, tmp_path, run_c
     assert run_cli("predict.py", *run["files"][:3], "--out", tmp_path / "a.csv", *args, "--data", run["data"])[0] == 0
     assert run_cli("predict.py", *predict_args(run, tmp_path / "b.csv", *run["files"][:3]))[0] == 0
     assert read_rows(tmp_path / "a.csv") == read_rows(tmp_path / "b.csv")
+
+
+def test_the_memory_benchmark_runs(tmp_path):
+    """bench/predict_memory.py at tiny sizes, so that it does not rot (no number is asserted)."""
+    from harness import run_script
+
+    run_script("bench/predict_memory.py", "--work", tmp_path, "--sizes", "8", "16")
+    res = json.loads((tmp_path / "predict_memory.json").read_text())
+    assert res["sizes"] == [8, 16] and res["main_ratio"] > 0 and res["tree_ratio"] > 0
+    assert sum(1 for _ in open(tmp_path / "predictions_16.csv")) == 17
