@@ -47,7 +47,7 @@ class Scorer:
 
     def __init__(self, args, kind, classes, device):
         self.args, self.stage, self.classes, self.device = args, STAGES[kind], classes, device
-        self.model, self.ckpt = load_stage(resolve(getattr(args, kind)), kind, classes, device)
+        self.model, self.ckpt = load_stage(resolve(getattr(args, kind)), kind, classes, device, args.compile)
         self.runtime = cli.runtime(args, device)
 
     def other(self, kind=None):

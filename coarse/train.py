@@ -146,7 +146,7 @@ def main(args):
         model = train(args, config, training_parts(args, classes, splits, pretrained))
         source = f"{out / CHECKPOINT} (epoch {args.epochs})"
     steady_heap()  # the localization pass (after training: this keeps the heap's size, for inference only)
-    localize_splits(prepare_model(model, device), args, config.eval, splits, source, truth)
+    localize_splits(prepare_model(model, device, config.eval.compile), args, config.eval, splits, source, truth)
 
 
 if __name__ == "__main__":

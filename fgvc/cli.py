@@ -60,8 +60,8 @@ def train_config(args, device):
 
 
 def runtime(args, device, batch_size=None):
-    """The Runtime of an inference pass: --batch-size (or `batch_size`), --workers, --amp on `device`."""
-    return Runtime(torch.device(device), batch_size or args.batch_size, args.workers, args.amp)
+    """The Runtime of an inference pass: --batch-size (or `batch_size`), --workers, --amp, --compile on `device`."""
+    return Runtime(torch.device(device), batch_size or args.batch_size, args.workers, args.amp, bool(getattr(args, "compile", False)))
 
 
 def _check_sizes(args):
@@ -89,6 +89,10 @@ def validate(args, config):
     _check_sizes(args)
     if getattr(args, "device", None) is not None:
         args.device = devices.resolve(args.device)  # auto -> cpu / cuda; cuda where unusable: exit 2
+    if getattr(args, "compile", False):
+        problem = devices.compile_problem(args.device or "cpu")
+        if problem:
+            raise UserError(f"--compile: torch.compile cannot run here: {problem}; run without --compile")
     return args
 
 

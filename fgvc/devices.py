@@ -4,6 +4,7 @@
 UserError (exit 2): `--device cuda` where CUDA is unusable ends at once; with the default (auto)
 a machine that has an NVIDIA GPU which this torch cannot use refuses to fall back to the CPU,
 naming the driver / CUDA mismatch and what to install (`--device cpu` runs on the CPU on purpose).
+`compile_problem(device)` says why --compile cannot run (checked at start too).
 `describe(device)` is the line every stage prints: the GPU's name, memory, compute capability,
 torch and CUDA versions, or "cpu" with the reason CUDA is not used.
 """
@@ -91,6 +92,27 @@ def resolve(arg):
             raise UserError(f"--device {arg}: only {torch.cuda.device_count()} CUDA devices")
     _reason["text"] = f"--device {arg}"
     return arg
+
+
+def compile_problem(device):
+    """Why torch.compile (inductor) cannot run on `device` here, in one clause (None when it can):
+    dynamo unsupported by this Python, no C++ compiler for the CPU kernels, no triton for CUDA."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} has no torch.compile on this Python"
+    if torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "triton, which inductor needs for CUDA kernels, is not installed"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return "no C++ compiler for inductor's CPU kernels (it runs $CXX, else g++): install g++ or set CXX"
+    return None
 
 
 def capability(device):

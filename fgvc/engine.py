@@ -92,7 +92,7 @@ def describe_recipe(model, config):
     return (f"recipe: {opt}, weight decay {config.weight_decay:g}; peak lr head {config.lr:g}, "
             f"backbone {config.lr * ratio:g} (x{ratio:g}); the original's triangle over {config.epochs} epochs; "
             f"batch {config.batch_size} x {dist.world()} process(es); frozen: {frozen}{bn}; "
-            f"Dropout2d {net.dropout.p:g}; amp {config.amp}")
+            f"Dropout2d {net.dropout.p:g}; amp {config.amp}" + ("; torch.compile (--compile)" if config.eval.compile else ""))
 
 
 def set_lr(optimizer, lr, epoch, epochs):
@@ -431,7 +431,7 @@ def fit(model, train_set, val_set, *, config, out_dir, class_ids, model_args, cl
     (`interrupt.Stopped`, exit code 143); `--resume` continues from it, bit for bit.
     """
     out_dir, main = Path(out_dir), dist.is_main()
-    model = prepare_model(model, config.device)
+    model = prepare_model(model, config.device, compile=config.eval.compile)
     optimizer = make_optimizer(model, config.lr, config.backbone_lr_ratio, name=config.optimizer, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(config.device.type, enabled=config.amp == "fp16")
     state = TrainState(model, optimizer, scaler, out_dir / CHECKPOINT, config, model_args, class_ids, class_info)

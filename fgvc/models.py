@@ -9,6 +9,7 @@ feature map): pretrainedmodels' `logits()` pools with a fixed 7x7 window and bre
 """
 import warnings
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,6 +34,7 @@ class _Net(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.frozen_bn = frozen_bn
         self.frozen = backbone.frozen if freeze else []
+        self.compiled_body = None  # torch.compile of _Net.body, once compile_body() was called
         if freeze and not self.frozen:
             warnings.warn(f"{arch}: no stem and first stage found, nothing is frozen")
         for name in self.frozen:
@@ -46,9 +48,24 @@ class _Net(nn.Module):
                 self.backbone.get_submodule(name).eval()
         return self
 
+    def body(self, x):
+        """Normalisation and backbone: the last feature map (N, C, h, w) before the dropout."""
+        return self.backbone.features(self.normalize(x))
+
+    def compile_body(self):
+        """torch.compile the body (--compile), in place: the parameters, and so the state-dict
+        keys, stay the model's own (no `_orig_mod.` prefix: checkpoints load with or without it),
+        and the dropout, seeded per step (engine.step_seed), and the head stay eager. The unbound
+        function is compiled, so a copy of the model does not call this one's modules. Shapes:
+        dynamo's default (static first, dynamic once a size changes: a few graphs, docs/gpu.md)."""
+        if self.compiled_body is None:
+            self.compiled_body = torch.compile(_Net.body)
+        return self
+
     def features(self, x):
         """The last feature map (N, C, h, w), with Dropout2d in training."""
-        return self.dropout(self.backbone.features(self.normalize(x)))
+        x = self.body(x) if self.compiled_body is None else self.compiled_body(self, x)
+        return self.dropout(x)
 
     def param_groups(self):
         """(backbone parameters, head parameters) that are trained."""

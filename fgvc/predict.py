@@ -205,7 +205,7 @@ class Predictor:
         path = resolve(getattr(self.args, kind)) / CHECKPOINT
         ckpt = load_checkpoint(path)
         check_matches(ckpt, path, kind=kind)
-        return prepare_model(model_from_checkpoint(ckpt), self.device), ckpt
+        return prepare_model(model_from_checkpoint(ckpt), self.device, self.runtime.compile), ckpt
 
     # -- the two passes
 

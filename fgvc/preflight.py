@@ -202,7 +202,7 @@ def measure_training(parts, config, *, steps, tmp):
     r["loader_images_per_s"], batch = loader_rate(loader, discard)
     del loader
     # the step alone, on one batch already on the device
-    model = prepare_model(parts.model, device)
+    model = prepare_model(parts.model, device, config.eval.compile)
     model.train()
     optimizer = make_optimizer(model, config.lr, config.backbone_lr_ratio, name=config.optimizer, weight_decay=config.weight_decay)
     set_lr(optimizer, config.lr, 0, config.epochs)
@@ -310,7 +310,7 @@ def measure_scoring(model, dataset, runtime, *, steps, seed):
     r = {}
     r["loader_images_per_s"], batch = loader_rate(loader, discard)
     del loader
-    model = prepare_model(model, device)
+    model = prepare_model(model, device, runtime.compile)
     model.eval()
     autocast = autocast_for(device, runtime.amp)
     x = batch[0]
@@ -475,7 +475,7 @@ def test(args, classes, splits, device, path):
     masks, masks_source = masks_or_stand_in(resolve(args.coarse), split)
     dataset = stage.scoring_dataset(ckpt, split, masks=masks, seed=args.seed, factors=args.tta_factors,
                                     mirror_factors=args.tta_mirror_factors, centre=args.crop_centre)
-    runtime = Runtime(torch.device(device), args.batch_size, args.workers, args.amp)
+    runtime = Runtime(torch.device(device), args.batch_size, args.workers, args.amp, args.compile)
     r = measure_scoring(model, dataset, runtime, steps=args.preflight_steps, seed=args.seed)
     scored = {"val": len(splits["val"])} if "val" in splits and args.split != "val" else {}
     scored[split.name] = len(split)

@@ -108,10 +108,10 @@ def model_from_checkpoint(ckpt):
     return model
 
 
-def load_stage(out_dir, kind, classes, device):
-    """The `kind` model saved in `out_dir`, checked against the dataset's classes, on `device`;
-    returns (model, checkpoint)."""
+def load_stage(out_dir, kind, classes, device, compile=False):
+    """The `kind` model saved in `out_dir`, checked against the dataset's classes, on `device`
+    (its body compiled with `compile`); returns (model, checkpoint)."""
     path = Path(out_dir) / CHECKPOINT
     ckpt = load_checkpoint(path)
     check_matches(ckpt, path, kind=kind, class_ids=classes.ids)
-    return prepare_model(model_from_checkpoint(ckpt), device), ckpt
+    return prepare_model(model_from_checkpoint(ckpt), device, compile), ckpt

@@ -5,6 +5,7 @@ start-up per case). The `run_cli` fixture (conftest.py) wraps `run_stage` with p
 capture."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,9 +92,11 @@ def make_dataset(root, category_ids=(40, 5, 17), per_class=(8, 3, 3), seed=0, si
     return root
 
 
-def run_script(*args, cwd=ROOT, check=True, timeout=600):
-    """Run a repo script with this interpreter; returns the CompletedProcess (text)."""
-    p = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_script(*args, cwd=ROOT, check=True, timeout=600, env_extra=None):
+    """Run a repo script with this interpreter (`env_extra`: variables added to its environment);
+    returns the CompletedProcess (text)."""
+    env = {**os.environ, **env_extra} if env_extra else None
+    p = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p

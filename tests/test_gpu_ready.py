@@ -58,6 +58,17 @@ def test_cuda_here_is_one_line_and_exit_2(tmp_path, run_cli):
         assert len(err.strip().splitlines()) == 1
 
 
+def test_compile_without_a_compiler_is_one_line_and_exit_2(tmp_path, run_cli, monkeypatch):
+    """--compile (20.8) where inductor finds no C++ compiler: refused at start, before any data is read."""
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
+    for script in ("coarse/train.py", "fine/train.py", "test.py"):
+        code, _, err = run_cli(script, "--data", tmp_path / "none", "--device", "cpu", "--compile")
+        assert code == 2 and error_line(err).startswith("error: --compile: torch.compile cannot run here: no C++ compiler")
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_every_stage_states_its_device(tmp_path, run_cli):
     from harness import make_dataset
 
