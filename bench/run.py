@@ -89,8 +89,9 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def check(key, value):
-    op, bound = TARGETS[key]
+def check(targets, key, value):
+    """Does value meet targets[key] = (">=" or "<=", bound)? (bench/run.py's and bench/scale.py's keys.)"""
+    op, bound = targets[key]
     return value >= bound if op == ">=" else value <= bound
 
 
@@ -181,7 +182,7 @@ def main(args):
     res["wall_s"] = round(time.time() - t_start, 1)
     res = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}
     res["targets"] = {k: f"{op} {b:g}" for k, (op, b) in TARGETS.items() if k in res}
-    res["targets_met"] = {k: check(k, res[k]) for k in TARGETS if k in res}
+    res["targets_met"] = {k: check(TARGETS, k, res[k]) for k in TARGETS if k in res}
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print("\n" + table(res) + f"\n\n{args.out} ({res['wall_s']:.0f} s)", flush=True)
 

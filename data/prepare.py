@@ -28,14 +28,16 @@ sibling folders give them.
 
 Everything is read and checked first; a problem ends with one line naming the file and the entry
 (exit code 2) and nothing written. The output is built in DIR.tmp-<pid>, read back with the
-project's reader, and renamed to DIR: DIR is complete or absent. DIR/.prepared.json lists every
-entry prepare wrote; --overwrite replaces only a DIR that holds nothing else, and never a DIR that
-is, contains or lies inside a source folder. The tree a killed run left beside DIR (DIR.tmp-<pid>,
+project's reader (every image file was found once, when read: not looked for again), and renamed
+to DIR: DIR is complete or absent. DIR/.prepared.json lists every entry prepare wrote;
+--overwrite replaces only a DIR that holds nothing else, and never a DIR that is, contains or lies
+inside a source folder. The tree a killed run left beside DIR (DIR.tmp-<pid>,
 DIR.old-<pid>) is removed by the next run (the previous dataset put back if DIR is gone). SIGINT
 and SIGTERM end it with one line and exit 130 / 143, DIR as it was.
 """
 import argparse
 import csv
+import errno
 import fcntl
 import hashlib
 import json
@@ -53,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from fgvc.annotations import SPLIT_FILES, _check_file_name, _entries, _field, _is_int, _load_json, load_dataset
+from fgvc.annotations import INT64_MAX, INT64_MIN, SPLIT_FILES, _check_file_name, _entries, _field, _is_int, _load_json, load_dataset
 from fgvc import interrupt
 from fgvc.errors import DatasetError, UserError, fail
 from fgvc.image import BadImage, read_rgb
@@ -73,7 +75,7 @@ TEST_ID_OFFSET = 1_000_000  # cub --val test: test image id = val image id + thi
 BOX_SLACK = 1.0  # px a box may pass the image edge (CUB's boxes are integers, some 1-based)
 
 
-@dataclass
+@dataclass(slots=True)
 class Image:
     id: int
     file_name: str  # relative to DIR, '/'-separated; its first part is a key of Prepared.links
@@ -129,31 +131,41 @@ def read_inat(src, fmt):
 
 
 def inat_split(src, path, doc, split, known, train_name):
-    """[Image] of one official json, checked: ids, file names, one label per image, the files."""
+    """[Image] of one official json, checked: ids, file names, one label per image, the files.
+    An entry of plain ints and strs is taken as it is; any other goes through _field, which names
+    what is wrong with it (millions of entries: the common case without a call per field)."""
     images = _entries(doc, "images", path, required=True)
     if not images:
         raise DatasetError(f"{path}: 'images' is empty")
-    out, row, by_name = [], {}, {}
+    out, row, names = [], {}, set()
     for i, im in enumerate(images):
-        image_id = _field(im, "id", path, f"images[{i}]")
-        where = f"images[{i}] (id {image_id})"
-        name = _field(im, "file_name", path, where, kind=str)
-        _check_file_name(name, path, where)
+        image_id, name = (im.get("id"), im.get("file_name")) if type(im) is dict else (None, None)
+        if type(image_id) is not int or not INT64_MIN <= image_id <= INT64_MAX or type(name) is not str:
+            image_id = _field(im, "id", path, f"images[{i}]")
+            name = _field(im, "file_name", path, f"images[{i}] (id {image_id})", kind=str)
+        _check_file_name(name, path, f"images[{i}] (id {image_id})")
         name = name.replace("\\", "/")
         if image_id in row:
-            raise DatasetError(f"{path}: {where} repeats image id {image_id} (first at images[{row[image_id]}])")
-        if name in by_name:
-            raise DatasetError(f"{path}: {where} lists file {name} again (first at images[{by_name[name]}])")
-        row[image_id], by_name[name] = i, i
-        extra = {k: im[k] for k in IMAGE_KEYS[4:] if k in im}
-        out.append(Image(image_id, name, None, *(im[k] if _is_int(im.get(k)) else -1 for k in ("width", "height")), extra))
+            raise DatasetError(f"{path}: images[{i}] (id {image_id}) repeats image id {image_id} (first at images[{row[image_id]}])")
+        if name in names:
+            first = next(k for k, other in enumerate(out) if other.file_name == name)
+            raise DatasetError(f"{path}: images[{i}] (id {image_id}) lists file {name} again (first at images[{first}])")
+        row[image_id] = i
+        names.add(name)
+        w, h = im.get("width"), im.get("height")
+        out.append(Image(image_id, name, None, w if _is_int(w) else -1, h if _is_int(h) else -1,
+                         {k: im[k] for k in IMAGE_KEYS[4:] if k in im}))
+    del names
 
     annotations = _entries(doc, "annotations", path, required=split != "test") or []
     if not annotations and split != "test":
         raise DatasetError(f"{path}: 'annotations' is empty")
     for j, ann in enumerate(annotations):  # a test file with labels gives truth/test_labels.csv
-        image_id = _field(ann, "image_id", path, f"annotations[{j}]")
-        category_id = _field(ann, "category_id", path, f"annotations[{j}]")
+        image_id, category_id = (ann.get("image_id"), ann.get("category_id")) if type(ann) is dict else (None, None)
+        if (type(image_id) is not int or type(category_id) is not int
+                or not INT64_MIN <= image_id <= INT64_MAX or not INT64_MIN <= category_id <= INT64_MAX):
+            image_id = _field(ann, "image_id", path, f"annotations[{j}]")
+            category_id = _field(ann, "category_id", path, f"annotations[{j}]")
         if image_id not in row:
             raise DatasetError(f"{path}: annotations[{j}] refers to unknown image id {image_id}")
         if category_id not in known:
@@ -167,20 +179,54 @@ def inat_split(src, path, doc, split, known, train_name):
     if annotations and unlabelled:
         raise DatasetError(f"{path}: {len(unlabelled)} images have no annotation (first image ids: {unlabelled[:5]})")
 
-    missing = [(i, im) for i, im in enumerate(out) if not is_file(src, im.file_name, path, f"images[{i}] (id {im.id})")]
+    missing = missing_files(src, out, path)
     if missing:
-        i, im = missing[0]
+        i = missing[0]
         raise DatasetError(f"{path}: {len(missing)} of {len(out)} image files are missing under {src} "
-                           f"(first: images[{i}] (id {im.id}) {im.file_name})")
+                           f"(first: images[{i}] (id {out[i].id}) {out[i].file_name})")
     return out
 
 
-def is_file(src, name, path, where):
-    """(src / name).is_file(), with an error of the system on the way (a name too long) naming the
-    json file and the entry."""
+def missing_files(src, images, path):
+    """Rows of `images` (sorted) whose file_name is not a file under src (a link followed), as
+    is_file says of each: one listing per folder finds the plain files, and is_file runs only on
+    the rest (links, anything the listing does not show). The lowest row with an error of the
+    system (is_file's) is the one reported."""
+    root, by_folder = os.fspath(src), defaultdict(list)
+    for i, im in enumerate(images):
+        by_folder[im.file_name.rpartition("/")[0]].append(i)
+    missing, errors = [], []
+    for folder, rows in by_folder.items():
+        try:
+            with os.scandir(os.path.join(root, folder)) as entries:
+                plain = {e.name for e in entries if e.is_file(follow_symlinks=False)}
+        except OSError:  # not there, not a folder, not readable: is_file decides for each
+            plain = set()
+        start = len(folder) + 1 if folder else 0
+        for i in rows:
+            name = images[i].file_name
+            if name[start:] in plain:
+                continue
+            try:
+                if not is_file(root, name, path, f"images[{i}] (id {images[i].id})"):
+                    missing.append(i)
+            except DatasetError as e:
+                errors.append((i, e))
+    if errors:
+        raise min(errors, key=lambda e: e[0])[1]
+    return sorted(missing)
+
+
+def is_file(root, name, path, where):
+    """Is root/name a file (a link followed)? As Path.is_file, without building a Path: an error of
+    the system on the way (a name too long) names the json file and the entry."""
     try:
-        return (src / name).is_file()
+        return stat.S_ISREG(os.stat(os.path.join(root, name)).st_mode)
+    except ValueError:  # a NUL byte: refused by _check_file_name before this
+        return False
     except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise DatasetError(f"{path}: {where} has file_name {shown!r}: {e.strerror or e}") from None
 
@@ -433,6 +479,21 @@ def link_images(prepared, tmp, mode):
             done.add(im.file_name)
 
 
+def check_links(prepared, tmp, mode):
+    """The images reachable under tmp without a stat per image: the reading found every file under
+    its source, so each top folder linked back to that source (symlink), or each file made
+    (hard, copy: os.link and copy raise on a missing source), makes all of them reachable."""
+    if mode != "symlink":
+        return
+    for top, source in prepared.links.items():
+        try:
+            same = os.path.samefile(tmp / top, source)
+        except OSError:
+            same = False
+        if not same:
+            raise UserError(f"{tmp / top}: does not lead to {source}; nothing written")
+
+
 def split_json(prepared, name):
     images = prepared.splits[name]
     doc = {"info": {"description": "written by data/prepare.py"},
@@ -611,7 +672,8 @@ def write_dataset(prepared, out, mode):
         if prepared.boxes:
             write_csv(tmp / "truth" / "boxes.csv", ("image_id", "x", "y", "w", "h"),
                       [(i, *(f"{v:g}" for v in prepared.boxes[i])) for i in sorted(prepared.boxes)])
-        load_dataset(tmp)  # what every stage will read: same classes, every file reachable
+        load_dataset(tmp, check_files=False)  # what every stage will read: same classes and ids
+        check_links(prepared, tmp, mode)  # every file reachable: each was found when read, and is under a link to its source
         write_manifest(tmp)
         os.unlink(tmp / PARTIAL)
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})

@@ -88,3 +88,10 @@ def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
                 "test_batch1_images_per_s", "localize_overhead", "tta_speedup_vs_batch1"):
         assert res[key] > 0, key
     assert all(v > 0 for v in res["train_images_per_s"].values())
+
+
+def test_one_target_check_for_both_harnesses():
+    from bench import run, scale
+
+    assert run.check(scale.TARGETS, "scale_load_vs_json_rss", 0.6) and not run.check(scale.TARGETS, "scale_load_vs_json_rss", 0.61)
+    assert run.check(run.TARGETS, "pipeline_speedup_vs_original", 4.0) and not run.check(run.TARGETS, "pipeline_speedup_vs_original", 3.9)

@@ -269,6 +269,14 @@ def drop_first_image(src, rel_json):
     return name
 
 
+def replace_first_image(src, rel_json, make):
+    """The first image of rel_json (by name) replaced by what make(path) puts at its path."""
+    doc = json.loads((src / rel_json).read_text())
+    path = src / sorted(im["file_name"] for im in doc["images"])[0]
+    path.unlink()
+    make(path)
+
+
 def edit_json(path, edit):
     doc = json.loads(path.read_text())
     edit(doc)
@@ -278,6 +286,11 @@ def edit_json(path, edit):
 INAT_BAD = {
     "missing json": (lambda src: (src / "val.json").unlink(), ["val.json: file not found"]),
     "missing image": (lambda src: drop_first_image(src, "public_test.json"), ["public_test.json: 1 of 6 image files are missing", "public_test/"]),
+    # the listing of a folder finds the plain files; what it does not show as one is looked at alone
+    "image is a folder": (lambda src: replace_first_image(src, "train.json", lambda p: p.mkdir()),
+                          ["train.json: 1 of 9 image files are missing", "train/"]),
+    "image is a broken link": (lambda src: replace_first_image(src, "val.json", lambda p: p.symlink_to(p.with_name("gone.jpg"))),
+                               ["val.json: 1 of 6 image files are missing", "val/"]),
     "unknown class id": (lambda src: edit_json(src / "val.json", lambda d: d["annotations"][2].update(category_id=99)),
                          ["val.json: annotations[2] has category id 99, which train.json lacks"]),
     "image listed twice": (lambda src: edit_json(src / "train.json", lambda d: d["images"].append(dict(d["images"][0]))),
@@ -287,6 +300,18 @@ INAT_BAD = {
     "id in two splits": (lambda src: edit_json(src / "val.json", lambda d: (d["images"][0].update(id=100), d["annotations"][-1].update(image_id=100))),
                          ["val.json: image id 100 is also in train.json"]),
 }
+
+
+def test_inat_images_behind_links_are_found(tmp_path):
+    """An image file that is a symlink to a file elsewhere is there (a listing shows it as a link)."""
+    src = make_inat(tmp_path / "src", "inat2021")
+    doc = json.loads((src / "train.json").read_text())
+    first = src / sorted(im["file_name"] for im in doc["images"])[0]
+    (tmp_path / "elsewhere.jpg").write_bytes(first.read_bytes())
+    first.unlink()
+    first.symlink_to(tmp_path / "elsewhere.jpg")
+    prepare("inat2021", src, "--out", tmp_path / "d")
+    assert len(load_dataset(tmp_path / "d")[1]["train"]) == 9
 
 
 @pytest.mark.parametrize("case", list(INAT_BAD))
