@@ -19,13 +19,24 @@ Writes bench/gpu_results.json, after every phase (a run cut short keeps what it 
   test_batch1_images_per_s  the original's loop (one image's 16 crops a forward pass);
                             tta_speedup_vs_batch1 = ratio
   *_peak_gpu_mb             peak memory of each phase
+  preflight                 {arch: ...} for the original's senet154 and one small modern backbone (--small-arch,
+                            timm/tf_efficientnet_lite0), both at --img-size: coarse/train.py, fine/train.py and
+                            test.py --preflight run as commands (their defaults: batch 14, amp auto, 32 epochs;
+                            --workers one per CPU; --pretrained none) on a stand-in dataset in iNat 2019's layout
+                            (the 800 px JPEGs hard-linked, 1,010 classes), each stage's rates, limit ("loader" or
+                            "step") and peak memory, and the stage's time projected to iNat 2019's 265,213 / 3,030
+                            / 35,350 images (fgvc.preflight.project_training; localization of all three splits;
+                            test.py scoring test and val): projected_total_h is the whole method on this GPU.
+                            A stage that would not end within --budget-s is left out, and said so
 """
 import argparse
 import io
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -38,16 +49,20 @@ from torch.utils.data import Dataset
 from bench.models import batch1_loop
 from fgvc.backbones import mean_pixel
 from fgvc.cam import localize
+from fgvc.checkpoint import save_checkpoint
 from fgvc.config import RECIPE, CoarseConfig, Runtime
 from fgvc.datasets import ImageDataset, make_loader
 from fgvc.engine import make_optimizer, train_step
 from fgvc.inference import autocast_for, predict, prepare_model, score, to_device
-from fgvc.preflight import discard_count
+from fgvc.preflight import discard_count, project_training
 from fgvc.preflight import loader_rate as preflight_loader_rate
-from fgvc.stages import build_model
+from fgvc.stages import build_model, model_args
 from fgvc.transforms import ShortSideTransform, TrainTransform
 
 K = 1010
+INAT2019 = {"train": 265_213, "val": 3_030, "test": 35_350}  # the images of iNat 2019's splits (bench/scale.py's SIZES)
+STAND_IN = {"train": K, "val": 100, "test": 100}  # the preflight's stand-in dataset: images a split (smoke: SMOKE_STAND_IN)
+SMOKE_STAND_IN, SMOKE_CLASSES = {"train": 12, "val": 6, "test": 6}, 4
 
 
 def get_args_parser():
@@ -59,6 +74,11 @@ def get_args_parser():
     p.add_argument("--steps", type=int, default=20, help="timed training steps per precision (default: 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first: cudnn.benchmark, allocator (default: 5)")
     p.add_argument("--images", type=int, default=64, help="images for localization; a quarter of them for test-time crops (default: 64)")
+    p.add_argument("--small-arch", default="timm/tf_efficientnet_lite0",
+                   help="the small modern backbone of the preflight phase (default: timm/tf_efficientnet_lite0)")
+    p.add_argument("--preflight-steps", type=int, default=10, help="the preflight's --preflight-steps (default: 10)")
+    p.add_argument("--budget-s", type=float, default=400, help="seconds from the start after which no preflight starts, "
+                   "and each ends (bench/gpu.sh stops the whole at 420; default: 400)")
     p.add_argument("--out", default=str(ROOT / "bench" / "gpu_results.json"), help="results (default: bench/gpu_results.json)")
     return p
 
@@ -162,9 +182,102 @@ def mixed_sizes(args):
     return ImageDataset(split, ShortSideTransform(round(args.img_size * 512 / 448)))
 
 
+def stand_in_dataset(root, paths, counts, classes):
+    """iNat 2019's layout (train2019.json, val2019.json, test2019.json) over the benchmark's 800 px
+    JPEGs, hard-linked under names of their own: `counts` images a split, train labels one class
+    after another over `classes` category ids. Val and test share the train images' content: the
+    commands are given --allow-overlap."""
+    from PIL import Image
+
+    from bench.memory import _link
+
+    sizes = []
+    for path in paths:
+        with Image.open(path) as im:
+            sizes.append(im.size)
+    cats = [{"id": c, "name": f"species {c}", "kingdom": "Plantae", "supercategory": "Plants"} for c in range(classes)]
+    image_id = 1
+    for split, n in counts.items():
+        images, anns = [], []
+        for i in range(n):
+            src = paths[image_id % len(paths)]
+            cid = i % classes
+            name = f"test2019/{image_id:08d}.jpg" if split == "test" else f"train_val2019/Plants/{cid}/{image_id:08d}.jpg"
+            _link(src, Path(root) / name)
+            w, h = sizes[image_id % len(paths)]
+            images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+            anns.append({"id": image_id, "image_id": image_id, "category_id": cid})
+            image_id += 1
+        doc = {"images": images} if split == "test" else {"images": images, "annotations": anns, "categories": cats}
+        (Path(root) / f"{split}2019.json").write_text(json.dumps(doc))
+    return Path(root)
+
+
+def run_preflight(argv, report, deadline):
+    """One command with --preflight as a user runs it; its report (preflight.json) or why there is none."""
+    left = deadline - time.time()
+    if left < 20:
+        return {"not_run": "the budget (--budget-s) was spent"}
+    try:
+        p = subprocess.run([sys.executable, *map(str, argv), "--preflight"], cwd=ROOT, capture_output=True, text=True, timeout=left)
+    except subprocess.TimeoutExpired:
+        return {"not_run": f"cut at the budget (--budget-s) after {left:.0f} s"}
+    print(p.stdout.strip(), flush=True)
+    if p.returncode != 0:
+        return {"failed": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1][:300]}
+    return json.loads(Path(report).read_text())
+
+
+def project(stage, r):
+    """A preflight report's stage time at iNat 2019's sizes (the report's own projection is of the stand-in dataset)."""
+    keep = {k: r[k] for k in ("loader_images_per_s", "step_images_per_s", "loop_images_per_s", "limit", "peak_memory_mb",
+                              "batch_size", "amp", "workers") if k in r}
+    if stage == "test":
+        keep["projected_total_s"] = sum(INAT2019[k] for k in r["images"]) / r["loop_images_per_s"]
+    else:
+        config = argparse.Namespace(batch_size=r["batch_size"], epochs=r["epochs"], save_every=CoarseConfig["save_every"].default)
+        keep.update(project_training(r, INAT2019, config))
+        if "localize_images_per_s" in r:
+            keep["projected_localize_s"] = sum(INAT2019.values()) / r["localize_images_per_s"]
+            keep["projected_total_s"] += keep["projected_localize_s"]
+    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in keep.items()}
+
+
+def preflight_run(arch, data, args, device, deadline):
+    """coarse/train.py, fine/train.py and test.py --preflight with `arch` at --img-size: {stage: projection}
+    and the total in hours (None when a stage is missing)."""
+    workers = 0 if args.smoke else len(os.sched_getaffinity(0))
+    common = ["--data", data, "--workers", workers, "--device", device.type, "--allow-overlap", "--preflight-steps", args.preflight_steps]
+    model = ["--arch", arch, "--pretrained", "none", "--img-size", args.img_size]
+    coarse_only = []
+    if args.smoke:  # tiny and in fp32 (bf16 on a CPU can be emulated: slow)
+        common += ["--batch-size", args.batch_size, "--amp", "off"]
+        model += ["--eval-batch-size", 2 * args.batch_size]
+        coarse_only += ["--resize", round(args.img_size * 512 / 448), "--mask-size", 32, 32]
+    res = {}
+    with tempfile.TemporaryDirectory(prefix="gpu-preflight-") as tmp:
+        tmp = Path(tmp)
+        coarse, fine, fine_model, test = tmp / "coarse", tmp / "fine", tmp / "fine-model", tmp / "test"
+        runs = {"coarse": (["coarse/train.py", *common, *model, *coarse_only, "--out", coarse], coarse / "preflight.json"),
+                "fine": (["fine/train.py", *common, *model, "--coarse", coarse, "--out", fine], fine / "preflight.json"),
+                "test": (["test.py", *common, "--coarse", coarse, "--fine", fine_model, "--submission", test / "submission.csv"],
+                         test / "preflight.json")}
+        # test.py scores a fine checkpoint: an untrained one of `arch` (its speed is the trained one's)
+        classes = json.loads((Path(data) / "train2019.json").read_text())["categories"]
+        save_checkpoint(fine_model / "checkpoint.pt", build_model("fine", arch, len(classes), pretrained=None),
+                        args={"arch": arch, "img_size": args.img_size}, model_args=model_args("fine", arch, len(classes), False),
+                        class_ids=[c["id"] for c in classes])
+        for stage, (argv, report) in runs.items():
+            r = run_preflight(argv, report, deadline)
+            res[stage] = project(stage, r) if "not_run" not in r and "failed" not in r else r
+    totals = [r.get("projected_total_s") for r in res.values()]
+    res["projected_total_h"] = round(sum(totals) / 3600, 2) if None not in totals else None
+    return res
+
+
 def main(args):
     if args.smoke:
-        args.img_size, args.batch_size, args.steps, args.warmup, args.images = 64, 2, 2, 1, 8
+        args.img_size, args.batch_size, args.steps, args.warmup, args.images, args.preflight_steps = 64, 2, 2, 1, 8, 1
     args.arch = args.arch or ("resnet18" if args.smoke else "senet154")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
@@ -247,8 +360,23 @@ def main(args):
     res["tta_speedup_vs_batch1"] = round(res["test_images_per_s"] / res["test_batch1_images_per_s"], 3)
     for k in ("localize_images_per_s", "predict_images_per_s", "test_images_per_s", "test_batch1_images_per_s"):
         res[k] = round(res[k], 2)
-    res["wall_s"] = round(time.time() - t_start, 1)
     save("test")
+    model = crops = None  # the GPU's memory to the preflight's processes
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # 5. the preflight's projection of the whole method, for the original's backbone and a small modern one
+    from bench.images import make_images
+
+    res["preflight"] = {}
+    with tempfile.TemporaryDirectory(prefix="gpu-data-") as data:
+        paths = make_images(ROOT / "bench" / "work", workers=len(os.sched_getaffinity(0)))
+        stand_in_dataset(data, paths, SMOKE_STAND_IN if args.smoke else STAND_IN, SMOKE_CLASSES if args.smoke else K)
+        for arch in (args.small_arch,) if args.smoke else (args.arch, args.small_arch):  # smoke: three processes, not six
+            res["preflight"][arch] = preflight_run(arch, data, args, device, t_start + args.budget_s)
+            save(f"preflight {arch}")
+    res["wall_s"] = round(time.time() - t_start, 1)
+    out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2), flush=True)
 
 

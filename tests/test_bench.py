@@ -79,10 +79,16 @@ def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
 
     out = tmp_path / "gpu.json"
     p = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--smoke", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert res["phases_done"] == ["train fp32", "train bf16", "train bf16_channels_last", "loader", "localize", "test"]
+    assert res["phases_done"] == ["train fp32", "train bf16", "train bf16_channels_last", "loader", "localize", "test",
+                                  "preflight timm/tf_efficientnet_lite0"]
+    pre = res["preflight"]["timm/tf_efficientnet_lite0"]  # --smoke: the small backbone only
+    assert pre["projected_total_h"] > 0 and pre["coarse"]["steps_per_epoch"] == 265_213 // 2 + 1  # iNat 2019 at batch 2
+    for stage in ("coarse", "fine", "test"):
+        assert pre[stage]["limit"] in ("loader", "step") and pre[stage]["projected_total_s"] > 0, (stage, pre[stage])
+    assert pre["coarse"]["projected_localize_s"] > 0 and "projected_localize_s" not in pre["fine"]
     assert res["localize_mixed_sizes"] > 1 and res["loader_batches_timed"] >= 50 * res["loader_workers"]
     for key in ("loader_images_per_s", "localize_images_per_s", "localize_mixed_images_per_s", "predict_images_per_s", "test_images_per_s",
                 "test_batch1_images_per_s", "localize_overhead", "tta_speedup_vs_batch1"):
