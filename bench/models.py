@@ -9,8 +9,15 @@
   crops) a forward pass, over the original's loop at batch size 1 (one image's crops a forward
   pass, then the softmax mean of that image). Same model, same crops (same seeds), data loading
   included in both.
+- compile_train_speedup, compile_infer_speedup (--compile, issue 20.8): images/s of a training
+  step (`fgvc.engine.train_step`, SGD) and of an inference batch (forward + softmax under
+  inference_mode) with the model's body compiled (`prepare_model(..., compile=True)`) over eager;
+  both in channels_last, same initial weights, same random batch; the compile (first calls) is
+  timed apart as the warm-up and left out of the rates.
 """
+import copy
 import io
+import time
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -23,7 +30,8 @@ from fgvc.cam import localize
 from fgvc.config import Runtime
 from fgvc.crop import MultiCropTransform
 from fgvc.datasets import ImageDataset
-from fgvc.inference import autocast_for, predict, score, to_device
+from fgvc.engine import make_optimizer, train_step
+from fgvc.inference import autocast_for, predict, prepare_model, score, to_device
 from fgvc.stages import build_model
 from fgvc.transforms import EvalTransform
 
@@ -102,3 +110,43 @@ def tta_batched_vs_batch1(paths, masks, arch, crop_size, batch_size, amp, rounds
     t = race({f"test crops, {batch_size} images a batch": batched, "test crops, batch size 1 (original)": batch1}, rounds)
     agree = float((probs["batched"].argmax(1) == probs["batch1"].argmax(1)).mean())
     return t, agree, len(MultiCropTransform(crop_size).factors) + len(MultiCropTransform(crop_size).mirror_factors)
+
+
+def compile_vs_eager(arch, img_size, batch_size, amp, rounds, race, steps=3):
+    """{"train" | "infer": race result {"eager", "compiled"}}, and the warm-up seconds of each
+    compiled pass (its first calls: dynamo, inductor, the C++ compiler; less with a warm cache)."""
+    eager = prepare_model(build_model("fine", arch, K, pretrained=None, freeze=False), "cpu")
+    compiled = prepare_model(copy.deepcopy(eager), "cpu", compile=True)
+    g = torch.Generator().manual_seed(0)
+    x = to_device(torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8, generator=g), "cpu")
+    y = torch.randint(0, K, (batch_size,), generator=g)
+    autocast = autocast_for("cpu", amp)
+    opts = {id(m): make_optimizer(m, 1e-3, 1.0, name="sgd", weight_decay=0.0) for m in (eager, compiled)}
+
+    def trainer(model):
+        def run(r):
+            model.train()
+            for _ in range(steps):
+                train_step(model, x, y, optimizer=opts[id(model)], autocast=autocast)
+            return steps * batch_size
+        return run
+
+    def inferer(model):
+        @torch.inference_mode()
+        def run(r):
+            model.eval()
+            for _ in range(steps):
+                with autocast():
+                    model(x).float().softmax(1)
+            return steps * batch_size
+        return run
+
+    out, warmup = {}, {}
+    for name, make in (("train", trainer), ("infer", inferer)):
+        runs = {"eager": make(eager), "compiled": make(compiled)}
+        runs["eager"](0)
+        t0 = time.perf_counter()
+        runs["compiled"](0)  # compiles this pass's graph
+        warmup[name] = time.perf_counter() - t0
+        out[name] = race(runs, rounds)
+    return out, warmup

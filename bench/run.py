@@ -2,6 +2,7 @@
 
     python3 bench/run.py                 # everything -> bench/results.json and a table
     python3 bench/run.py --skip-memory   # without the four test.py runs (about 2 minutes on 2 cores)
+    python3 bench/run.py --skip-memory --skip-compile   # without the --compile ratios too (their compile: minutes)
 
 Reads  data/toy.py (the benchmark images are its drawings, rescaled to iNat's 800 px).
 Writes bench/work/ (scratch: images, the memory datasets, logs; kept to save time on a rerun)
@@ -20,6 +21,11 @@ Writes bench/work/ (scratch: images, the memory datasets, logs; kept to save tim
                                    difference from OpenCV's (bench/decoders.py)
   localize_overhead                fgvc.cam.localize time over fgvc.inference.predict (same model, images)
   tta_speedup_vs_batch1            test-time crops, 8 images a batch, over the original's batch size 1
+  compile_train_speedup            --compile: images/s of a training step with the model's body
+                                   compiled over eager (resnet18 at --compile-size, channels_last,
+                                   --amp as a run here would have it: auto), compile time left out
+  compile_infer_speedup            ... of an inference batch (forward + softmax)
+  compile_images_per_s, compile_warmup_s   the rates, and each compiled pass's first calls
   test_memory                      peak memory of test.py --model coarse / fine --workers 2 on
                                    800 px JPEGs, two test-set sizes (--test-sizes): the main process
                                    (VmHWM), the process tree (PSS of main + loader processes), the
@@ -43,6 +49,7 @@ import torch
 
 from bench import decoders, images, memory, models, pipelines
 from bench.timing import race, race_items
+from fgvc.cli import resolve_amp
 
 TARGETS = {  # key: (comparison, bound)
     "pipeline_speedup_vs_original": (">=", 4.0),
@@ -70,6 +77,9 @@ def get_args_parser():
     p.add_argument("--tta-images", type=int, default=16, help="images for the test-time crops (default: 16)")
     p.add_argument("--tta-size", type=int, default=128, help="crop size for the test-time crops (default: 128)")
     p.add_argument("--model-rounds", type=int, default=5, help="passes per contender on the model side (default: 5)")
+    p.add_argument("--compile-size", type=int, default=64, help="input size of the --compile ratios (default: 64)")
+    p.add_argument("--compile-batch", type=int, default=8, help="images a batch of the --compile ratios (default: 8)")
+    p.add_argument("--skip-compile", action="store_true", help="skip the --compile ratios (their compile takes minutes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on the model side; 1 keeps the ratios steady on a shared machine (default: 1)")
     # memory
     p.add_argument("--test-sizes", type=int, nargs=2, default=(1000, 10000), help="test images of the two test.py runs of each model; 35,350 is iNat's test set, about 25 minutes more on 2 cores (default: 1000 10000)")
@@ -157,7 +167,19 @@ def main(args):
                          "tta_crops": crops, "tta_images": min(args.tta_images, len(paths))}
     print(f"test-time crops done ({time.time() - t_start:.0f} s)", flush=True)
 
-    # 4. peak memory of test.py
+    # 4. --compile: compiled over eager, a training step and an inference batch
+    if not args.skip_compile:
+        amp = resolve_amp("auto", "cpu")
+        t, warmup = models.compile_vs_eager(args.arch, args.compile_size, args.compile_batch, amp, args.model_rounds, race)
+        for name in ("train", "infer"):
+            res[f"compile_{name}_speedup"] = t[name]["eager"]["best_s"] / t[name]["compiled"]["best_s"]
+        res["compile_images_per_s"] = {f"{name} {kind}": round(1 / v["best_s"], 1) for name, r in t.items() for kind, v in r.items()}
+        res["compile_warmup_s"] = {name: round(s, 1) for name, s in warmup.items()}
+        res["compile_run"] = {"arch": args.arch, "img_size": args.compile_size, "batch_size": args.compile_batch, "amp": amp,
+                              "torch_threads": threads, "head": "fine (linear), 1010 classes"}
+        print(f"compile done ({time.time() - t_start:.0f} s)", flush=True)
+
+    # 5. peak memory of test.py
     if not args.skip_memory:
         mem = work / "rss"
         ckpts = {kind: memory.make_checkpoint(mem / f"ckpt_{kind}", kind, args.test_img_size) for kind in ("coarse", "fine")}
@@ -197,6 +219,8 @@ def table(res):
         ("pipeline_rgbx_over_rgb", "x", "pipeline fed by an RGBX decode / fed by read_rgb's RGB"),
         ("localize_overhead", "x", "localize (logits + CAM -> masks) / predict"),
         ("tta_speedup_vs_batch1", "x", "test crops, 8 images a batch vs batch size 1"),
+        ("compile_train_speedup", "x", "--compile: training step images/s, compiled / eager"),
+        ("compile_infer_speedup", "x", "--compile: inference images/s, compiled / eager"),
         ("test_peak_35k_over_1k_coarse", "x", "test.py --model coarse peak memory (main + loaders + cache), {1} / {0} test images"),
         ("test_peak_35k_over_1k_fine", "x", "test.py --model fine peak memory (main + loaders + cache), {1} / {0} test images"),
         ("test_peak_rss_35k_over_1k", "x", "... the larger of the two"),
@@ -210,8 +234,8 @@ def table(res):
         met = {True: "yes", False: "NO"}.get(res["targets_met"].get(key), "")
         lines.append(f"{key:<34}{res[key]:>9.2f}{unit:<2} {target:<8}{met:<5}{what.format(*res.get('test_sizes', ()))}")
     lines.append("")
-    for group in ("pipeline_images_per_s", "decode_images_per_s", "localize_images_per_s", "tta_images_per_s"):
-        for name, v in res[group].items():
+    for group in ("pipeline_images_per_s", "decode_images_per_s", "localize_images_per_s", "tta_images_per_s", "compile_images_per_s"):
+        for name, v in res.get(group, {}).items():
             mad = res["decode_mad_vs_opencv"].get(name) if group == "decode_images_per_s" else None
             lines.append(f"  {name:<42}{v:>8} images/s" + (f"   pixels vs OpenCV: mean abs diff {mad}" if mad is not None else ""))
     for kind, runs in res.get("test_memory", {}).items():
