@@ -4,8 +4,11 @@
     bash bench/gpu.sh --smoke    # dry run: tiny sizes, any device (checks the script, not the numbers)
 
 Writes bench/gpu_results.json, after every phase (a run cut short keeps what it measured):
-  train_images_per_s        {fp32, bf16, bf16_channels_last}: coarse model, batch 14 (the original's),
-                            SGD step included, synthetic uint8 batches already on the device
+  train_images_per_s        {fp32, bf16, bf16_channels_last, bf16_channels_last_compile}: coarse model,
+                            batch 14 (the original's), SGD step included, synthetic uint8 batches
+                            already on the device; the last with --compile (the model's body
+                            compiled; its compile is in the warm-up steps, timed apart as
+                            train_compile_warmup_s; skipped in --smoke: minutes on a CPU)
   train_peak_gpu_mb         the same, peak memory allocated by torch
   loader_images_per_s       the training input pipeline (TrainTransform 448/512 on 800 px JPEGs) with
                             one loader process per CPU of os.sched_getaffinity, 50 batches a worker
@@ -30,6 +33,7 @@ Writes bench/gpu_results.json, after every phase (a run cut short keeps what it 
                             A stage that would not end within --budget-s is left out, and said so
 """
 import argparse
+import copy
 import io
 import json
 import os
@@ -47,6 +51,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bench.models import batch1_loop
+from fgvc import devices
 from fgvc.backbones import mean_pixel
 from fgvc.cam import localize
 from fgvc.checkpoint import save_checkpoint
@@ -114,9 +119,10 @@ def peak_mb(device):
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
 
 
-def train_rate(model, device, amp, channels_last, args):
-    """Training images/s of `model` at one precision and memory format; synthetic batches on the device."""
-    model = prepare_model(model, device) if channels_last else model.to(device, memory_format=torch.contiguous_format)
+def train_rate(model, device, amp, channels_last, args, compile=False):
+    """Training images/s of `model` at one precision and memory format (and compiled with
+    `compile`); synthetic batches on the device. Returns (rate, peak MB, warm-up seconds)."""
+    model = prepare_model(model, device, compile) if channels_last else model.to(device, memory_format=torch.contiguous_format)
     model.train()
     optimizer = make_optimizer(model, CoarseConfig["lr"].default, RECIPE[True]["backbone_lr_ratio"], name=CoarseConfig["optimizer"].default,
                                weight_decay=CoarseConfig["weight_decay"].default)  # the original's
@@ -127,15 +133,17 @@ def train_rate(model, device, amp, channels_last, args):
     y = torch.randint(0, K, (args.batch_size,), generator=g).to(device)
 
     reset_peak(device)
+    t_warm = time.perf_counter()
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             sync(device)
             t0 = time.perf_counter()
+            warmup_s = t0 - t_warm
         train_step(model, x, y, optimizer=optimizer, autocast=autocast)
     sync(device)
     rate = args.batch_size * args.steps / (time.perf_counter() - t0)
     del optimizer
-    return rate, peak_mb(device)
+    return rate, peak_mb(device), warmup_s
 
 
 def timed(fn, device):
@@ -301,8 +309,19 @@ def main(args):
     model = build_model("coarse", args.arch, K, pretrained=None)
     res["train_images_per_s"], res["train_peak_gpu_mb"] = {}, {}
     for name, amp, cl in (("fp32", "off", False), ("bf16", "bf16", False), ("bf16_channels_last", "bf16", True)):
-        rate, mb = train_rate(model, device, amp, cl, args)
+        rate, mb, _ = train_rate(model, device, amp, cl, args)
         res["train_images_per_s"][name], res["train_peak_gpu_mb"][name] = round(rate, 1), mb
+        save(f"train {name}")
+    # + compile (--compile), on a copy: the later phases stay eager
+    problem = "skipped in --smoke (its compile takes minutes on a CPU)" if args.smoke else devices.compile_problem(device)
+    if problem:
+        res["train_compile_skipped"] = problem
+        print(f"train bf16_channels_last_compile: {problem}", flush=True)
+    else:
+        rate, mb, warm = train_rate(copy.deepcopy(model), device, "bf16", True, args, compile=True)
+        name = "bf16_channels_last_compile"
+        res["train_images_per_s"][name], res["train_peak_gpu_mb"][name] = round(rate, 1), mb
+        res["train_compile_warmup_s"] = round(warm, 1)
         save(f"train {name}")
     del model
     if device.type == "cuda":

@@ -94,6 +94,7 @@ def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
                 "test_batch1_images_per_s", "localize_overhead", "tta_speedup_vs_batch1"):
         assert res[key] > 0, key
     assert all(v > 0 for v in res["train_images_per_s"].values())
+    assert res["train_compile_skipped"].startswith("skipped in --smoke")  # the + compile row: a GPU run only
 
 
 def test_one_target_check_for_both_harnesses():
