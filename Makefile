@@ -3,7 +3,7 @@
 # make ablate        the ablation table of the demo's runs (fig/ablation.md, fig/ablation.png; ROWS=test for the test-time rows only; about 18 minutes)
 # make test          the test suite (what CI runs; about 9 minutes on 2 cores)
 # make test-fast     the tests not marked slow (no whole-stage runs): the edit-test loop
-# make bench         the performance harness (bench/results.json; about 15 minutes)
+# make bench         the performance harness (bench/results.json; about 18 minutes)
 # make bench-scale   what grows with the dataset, at iNat 2019 / 2021-mini / 2021 sizes (bench/scale.py; scale_* keys in bench/results.json)
 # Each creates .venv from requirements.txt the first time.
 

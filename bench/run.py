@@ -1,7 +1,7 @@
-"""The performance harness: `make bench` (CPU, about 12 minutes on 2 cores).
+"""The performance harness: `make bench` (CPU, about 15 minutes on 2 cores, 3 of them the --compile ratios' compile).
 
     python3 bench/run.py                 # everything -> bench/results.json and a table
-    python3 bench/run.py --skip-memory   # without the four test.py runs (about 2 minutes on 2 cores)
+    python3 bench/run.py --skip-memory   # without the four test.py runs (about 5.5 minutes on 2 cores)
     python3 bench/run.py --skip-memory --skip-compile   # without the --compile ratios too (their compile: minutes)
 
 Reads  data/toy.py (the benchmark images are its drawings, rescaled to iNat's 800 px).
