@@ -8,7 +8,8 @@ Writes bench/gpu_results.json, after every phase (a run cut short keeps what it 
                             batch 14 (the original's), SGD step included, synthetic uint8 batches
                             already on the device; the last with --compile (the model's body
                             compiled; its compile is in the warm-up steps, timed apart as
-                            train_compile_warmup_s; skipped in --smoke: minutes on a CPU)
+                            train_compile_warmup_s, which comes out of the preflight's --budget-s;
+                            skipped in --smoke, minutes on a CPU, and with --skip-compile)
   train_peak_gpu_mb         the same, peak memory allocated by torch
   loader_images_per_s       the training input pipeline (TrainTransform 448/512 on 800 px JPEGs) with
                             one loader process per CPU of os.sched_getaffinity, 50 batches a worker
@@ -82,6 +83,8 @@ def get_args_parser():
     p.add_argument("--small-arch", default="timm/tf_efficientnet_lite0",
                    help="the small modern backbone of the preflight phase (default: timm/tf_efficientnet_lite0)")
     p.add_argument("--preflight-steps", type=int, default=10, help="the preflight's --preflight-steps (default: 10)")
+    p.add_argument("--skip-compile", action="store_true", help="leave out the + compile training row (its compile time, "
+                   "unmeasured on a GPU, comes out of the preflight's --budget-s)")
     p.add_argument("--budget-s", type=float, default=400, help="seconds from the start after which no preflight starts, "
                    "and each ends (bench/gpu.sh stops the whole at 420; default: 400)")
     p.add_argument("--out", default=str(ROOT / "bench" / "gpu_results.json"), help="results (default: bench/gpu_results.json)")
@@ -313,7 +316,8 @@ def main(args):
         res["train_images_per_s"][name], res["train_peak_gpu_mb"][name] = round(rate, 1), mb
         save(f"train {name}")
     # + compile (--compile), on a copy: the later phases stay eager
-    problem = "skipped in --smoke (its compile takes minutes on a CPU)" if args.smoke else devices.compile_problem(device)
+    problem = ("skipped in --smoke (its compile takes minutes on a CPU)" if args.smoke else "skipped (--skip-compile)"
+               if args.skip_compile else devices.compile_problem(device))
     if problem:
         res["train_compile_skipped"] = problem
         print(f"train bf16_channels_last_compile: {problem}", flush=True)
