@@ -159,6 +159,27 @@ def test_outputs_are_refused_as_the_stages_refuse_them(run, tmp_path, run_cli):
     assert not (tmp_path / "p.txt").exists()
 
 
+def test_an_output_in_use_by_another_run_is_refused(run, tmp_path, run_cli):
+    import subprocess
+    import sys
+
+    from harness import ROOT
+
+    target = tmp_path / "p.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fgvc import outputs; "
+         "outputs.claim(None, [('--out', sys.argv[1])]); print('locked', flush=True); time.sleep(300)", str(target)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run_cli("predict.py", *predict_args(run, target, run["files"][0]))
+        assert code == 2 and f"--out {target} is in use by another run, pid {holder.pid}" in error_line(err), err
+        assert not target.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_overlays(run, tmp_path, run_cli):
     out, ov = tmp_path / "p.csv", tmp_path / "ov"
     code, _, err = run_cli("predict.py", *predict_args(run, out, *run["files"][:2], extra=["--overlay", ov]))
