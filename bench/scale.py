@@ -424,6 +424,8 @@ def main(args):
         return keys, scale
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {}
+    prev = old.get("scale", {})  # a rerun of some parts (--skip) keeps the other parts' measurements
+    scale = {**prev, **scale, **{k: {**prev.get(k, {}), **scale[k]} for k in ("targets", "targets_met")}}
     out.write_text(json.dumps({**old, **keys, "scale": scale}, indent=2, default=float) + "\n")
     print(f"\n{out} ({res['wall_s']:.0f} s)", flush=True)
     return keys, scale
