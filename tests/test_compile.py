@@ -1,14 +1,15 @@
 """--compile (issue 20.8): torch.compile of the model's body on this CPU (inductor, g++), in
 training, localization and scoring. A tiny run with and without it ends within LOSS_TOL of the
 same loss (float rounding of fused kernels: measured 5e-4 after one epoch); its checkpoint has the
-plain keys and loads into an uncompiled model; test.py gives the same top 5. Slow: each distinct
-graph compiles for a minute or more on a shared 2-core CPU (cold inductor cache), ~5 min in all."""
+plain keys and loads into an uncompiled model; test.py gives the same top 5, predict.py the same
+classes. Slow: each distinct graph compiles for a minute or more on a shared 2-core CPU with a cold
+inductor cache (3 to 6 min in all here; less once /tmp/torchinductor_$USER holds them)."""
 import csv
 import json
 
 import pytest
 import torch
-from harness import ROOT, coarse_args, fine_args, make_dataset, run_script, run_stage, scoring_args
+from harness import ROOT, SCORING_TINY, coarse_args, fine_args, make_dataset, run_script, run_stage, scoring_args
 
 from fgvc.stages import build_model, model_from_checkpoint
 
@@ -31,7 +32,7 @@ def runs(tmp_path_factory):
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
         subs[name] = tmp / f"{name}.csv"
         run_script(ROOT / "test.py", *scoring_args(data, tmp / "eager", tmp / "fine", subs[name], "--batch-size", "9", *extra))
-    return tmp, compiled, subs
+    return tmp, compiled, subs, data
 
 
 def loss(out):
@@ -39,7 +40,7 @@ def loss(out):
 
 
 def test_compiled_training_ends_at_the_same_loss(runs):
-    tmp, compiled, _ = runs
+    tmp, compiled = runs[0], runs[1]
     assert "torch.compile (--compile)" in compiled.stdout
     assert abs(loss(tmp / "compiled") - loss(tmp / "eager")) < LOSS_TOL
 
@@ -67,3 +68,17 @@ def test_compiled_scoring_gives_the_same_top5(runs):
     rows = {name: list(csv.reader(open(p))) for name, p in subs.items()}
     assert len(rows["eager"]) == 10 and rows["compiled"] == rows["eager"]
 
+
+
+def test_compiled_predict_gives_the_same_classes(runs, tmp_path):
+    """predict.py takes test.py's runtime flags: --compile localizes (coarse) and scores (fine) compiled."""
+    tmp, data = runs[0], runs[3]
+    out = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out[name] = tmp_path / f"{name}.csv"
+        run_script(ROOT / "predict.py", data / "test2019", "--coarse", tmp / "eager", "--fine", tmp / "fine", "--out", out[name],
+                   *SCORING_TINY, *extra)
+    rows = {name: list(csv.DictReader(open(p))) for name, p in out.items()}
+    ids = [k for k in rows["eager"][0] if k.startswith("category_id_")]
+    assert len(rows["eager"]) == 9 and ids
+    assert [[r[k] for k in ids] for r in rows["compiled"]] == [[r[k] for k in ids] for r in rows["eager"]]
