@@ -73,7 +73,6 @@ def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
     # sizes, any device) keeps it from rotting between GPU runs.
     import json
     import subprocess
-    import sys
 
     from harness import ROOT
 

@@ -45,7 +45,7 @@ def test_a_run_stopped_after_its_first_split_leaves_every_earlier_file(clean, tm
     real, calls = train.save_shards, []
 
     def save_then_stop(*a, **k):
-        kept = real(*a, **k)
+        real(*a, **k)
         calls.append(a[1])
         raise interrupt.Stopped(signal.SIGTERM)  # SIGTERM right after masks_train is written
 
