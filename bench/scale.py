@@ -1,9 +1,9 @@
-"""What grows with the dataset: `make bench-scale` (CPU). Its full-size run has not been timed yet;
-`--smoke` ran to the end on 2 shared cores (2026-12-02). Making the links the first time is the
-slow part (about 0.1 ms a link measured here: some 3.6 million links); `--make-only` does it apart.
+"""What grows with the dataset: `make bench-scale` (CPU). At its default sizes on 2 shared cores
+(2026-12-02): 556 s to make the datasets (about 3.6 million hard links, some 0.1 ms each; kept in
+--work for a rerun; `--make-only` does it apart), then 1,559 s for every part (docs/performance.md).
 
     python3 bench/scale.py                      # iNat 2019, 2021-mini, 2021 -> bench/results.json (scale_* keys)
-    python3 bench/scale.py --smoke              # tiny sizes, a minute: the harness itself (tests/test_bench.py)
+    python3 bench/scale.py --smoke              # tiny sizes, a few minutes: the harness itself
 
 Makes synthetic datasets at the official sizes (train / val / test images, classes):
   inat2019       265,213 / 3,030 / 35,350, 1,010: the 2019 layout and json (train_val2019/<Super>/<id>/<md5>.jpg)
