@@ -129,8 +129,11 @@ def slow_copy_run(*args):
     code = ("import runpy, shutil, sys, time\n_copy = shutil.copy2\n"
             "shutil.copy2 = lambda *a, **k: (time.sleep(0.2), _copy(*a, **k))[1]\n"
             "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    # SIGINT back to its default in the child: a suite run as a shell's background job has it
+    # ignored, and Python then leaves Ctrl-C ignored (a background job's rule, not prepare.py's)
     return subprocess.Popen([sys.executable, "-c", code, str(PREPARE), *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stop_mid_copy(proc, out, signum):
