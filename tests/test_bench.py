@@ -7,6 +7,7 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 
@@ -68,6 +69,7 @@ def test_peak_memory_of_the_process_tree_counts_a_loader_process(tmp_path):
     assert rc == 0 and mb["main_mb"] < 200 and mb["tree_mb"] - mb["main_mb"] > 250
 
 
+@pytest.mark.slow  # three stages' preflights in subprocesses: 35 s on a quiet machine
 def test_gpu_script_runs_every_phase_in_smoke_mode(tmp_path):
     # bench/gpu.sh is meant for a bare GPU machine nobody here can reach: its smoke mode (tiny
     # sizes, any device) keeps it from rotting between GPU runs.
