@@ -1,7 +1,7 @@
 # make demo          the whole method on the embedded toy dataset: ImageNet weights fine-tuned with the original's recipe (CPU; under 9 minutes on 2 cores)
 # make demo-scratch  the same from scratch (resnet18, AdamW): the earlier demo (CPU; 14 minutes with native bf16, 43 without)
 # make ablate        the ablation table of the demo's runs (fig/ablation.md, fig/ablation.png; ROWS=test for the test-time rows only; about 18 minutes)
-# make test          the test suite (what CI runs; about 9 minutes on 2 cores)
+# make test          the test suite (what CI runs; about 11 minutes on 2 cores)
 # make test-fast     the tests not marked slow (no whole-stage runs): the edit-test loop
 # make bench         the performance harness (bench/results.json; about 18 minutes)
 # make bench-scale   what grows with the dataset, at iNat 2019 / 2021-mini / 2021 sizes (bench/scale.py; scale_* keys in bench/results.json)
