@@ -49,6 +49,17 @@ def scoring_args(data, coarse, fine, submission, *extra):
 
 
 
+def lock_holder(flag, target):
+    """Another run holding `target` (the output of `flag`) locked, as fgvc.outputs.claim does: a child
+    process that sleeps once it has the lock. Kill it to release it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fgvc import outputs; "
+         f"outputs.claim(None, [({flag!r}, sys.argv[1])]); print('locked', flush=True); time.sleep(300)", str(target)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def make_dataset(root, category_ids=(40, 5, 17), per_class=(8, 3, 3), seed=0, size=(120, 160)):
     """A small, learnable dataset: one coloured square per image (colour = class) on noise.
 

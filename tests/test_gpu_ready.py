@@ -396,14 +396,6 @@ def test_an_op_without_a_deterministic_kernel_is_one_line_and_exit_2(small, tmp_
     assert line.endswith("; run without --deterministic") and "Traceback" not in err
 
 
-@pytest.fixture
-def sigterm_handlers():
-    interrupt.install()
-    yield
-    for s in interrupt.PREEMPT:
-        signal.signal(s, signal.SIG_DFL)
-
-
 def test_a_deterministic_run_resumes_bit_for_bit(small, tmp_path, monkeypatch, sigterm_handlers):
     from fgvc.checkpoint import load_checkpoint
 

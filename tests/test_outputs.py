@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from harness import COARSE_TINY, ROOT, SCORING_TINY, error_line, make_dataset, stage
+from harness import COARSE_TINY, ROOT, SCORING_TINY, error_line, lock_holder, make_dataset, stage
 
 from fgvc.atomic import atomic_write, remove_temps
 from fgvc.errors import UserError
@@ -243,12 +243,8 @@ def test_second_run_into_a_locked_out_is_refused_while_the_first_finishes_untouc
 
 def test_lock_of_a_killed_run_is_released_and_its_temporaries_removed_by_the_next(data, tmp_path, run_cli):
     target = tmp_path / "submission.csv"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from fgvc import outputs; "
-         "outputs.claim(None, [('--submission', sys.argv[1])]); print('locked', flush=True); time.sleep(300)", str(target)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = lock_holder("--submission", target)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         temp = tmp_path / f".submission.csv.{holder.pid}.abcdefgh.tmp"  # its write in progress
         temp.write_bytes(b"partial")
         dead = tmp_path / ".checkpoint.pt.1.abcdefgh.tmp"

@@ -160,18 +160,11 @@ def test_outputs_are_refused_as_the_stages_refuse_them(run, tmp_path, run_cli):
 
 
 def test_an_output_in_use_by_another_run_is_refused(run, tmp_path, run_cli):
-    import subprocess
-    import sys
-
-    from harness import ROOT
+    from harness import lock_holder
 
     target = tmp_path / "p.csv"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from fgvc import outputs; "
-         "outputs.claim(None, [('--out', sys.argv[1])]); print('locked', flush=True); time.sleep(300)", str(target)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = lock_holder("--out", target)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         code, _, err = run_cli("predict.py", *predict_args(run, target, run["files"][0]))
         assert code == 2 and f"--out {target} is in use by another run, pid {holder.pid}" in error_line(err), err
         assert not target.exists()

@@ -128,14 +128,6 @@ def tiny_fit(data, out, epochs=2, resume=False, stop_at=None):
                model_args=model_args("coarse", "resnet18", len(classes), False))
 
 
-@pytest.fixture
-def sigterm_handlers():
-    interrupt.install()
-    yield
-    for s in interrupt.PREEMPT:
-        signal.signal(s, signal.SIG_DFL)
-
-
 def test_sigterm_mid_epoch_saves_that_step_and_resumes_to_the_same_weights(tmp_path, sigterm_handlers):
     data = make_dataset(tmp_path / "ds")
     full = tiny_fit(data, tmp_path / "full").state_dict()
