@@ -53,26 +53,32 @@ def claim_outputs(args, inputs, split):
 
 
 def main(args):
-    steady_heap()  # one pass over the images: memory must not grow with them
+    steady_heap()  # one pass over the images, a chunk at a time: memory must not grow with them
     device = dist.setup(args.device)
     inputs = Inputs(args.paths)
     split = inputs.split()
     out, overlay, names = claim_outputs(args, inputs, split)
     predictor = Predictor(**{**{k: v for k, v in vars(args).items() if k != "paths"}, "device": str(device)})
-    result = predictor.run(inputs, keep_cams=overlay is not None)
-    report_skipped(inputs.skipped)
-    if not result.readable:
+    report_skipped(inputs.skipped)  # the files that are not images, at once; the unreadable ones as each chunk finds them
+    if not inputs.real:
         raise NoReadableImages(f"no readable image among the files given (each listed above); {out} not written")
+    counts = {"rows": 0, "reported": len(inputs.skipped)}
 
     def rows():
-        for r, row in result.items():
-            if overlay is not None:
-                write_overlay(overlay / names[r], result, r, row)
-            yield row
+        for chunk in predictor.chunks(inputs, keep_cams=overlay is not None):
+            report_skipped(inputs.skipped[counts["reported"]:])
+            counts["reported"] = len(inputs.skipped)
+            for r, row in chunk.items():
+                if overlay is not None:
+                    write_overlay(overlay / names[chunk.start + r], chunk, r, row)
+                counts["rows"] += 1
+                yield row
+        if not counts["rows"]:  # raised inside the write: the temporary file goes, --out stays as it was
+            raise NoReadableImages(f"no readable image among the files given (each listed above); {out} not written")
 
     atomic_write(out, lambda f: write_rows(f, rows(), output_format(out), predictor.args.topk))
-    n = result.readable
-    print(f"{out}: {n} rows, model {args.model}, tau {predictor.tau:g}" + (f", {len(inputs.skipped)} files skipped" if inputs.skipped else "")
+    print(f"{out}: {counts['rows']} rows, model {args.model}, tau {predictor.tau:g}"
+          + (f", {len(inputs.skipped)} files skipped" if inputs.skipped else "")
           + (f"; overlays in {overlay}" if overlay is not None else ""), flush=True)
 
 

@@ -30,7 +30,7 @@ def cams_to_masks(cams, threshold):
 
 @torch.inference_mode()
 @fixed_algorithms()  # no cuDNN autotuning per distinct shape
-def localize_shard(model, dataset, runtime, *, mask_size, threshold, use_labels, max_bad=100, on_batch=None, desc=None):
+def localize_shard(model, dataset, runtime, *, mask_size, threshold, use_labels, max_bad=100, on_batch=None, desc=None, progress=True):
     """One forward pass per image: logits and CAM together. Returns this process's masks,
     bit-packed as they are made (`masks.PackedShard`: 512 bytes an image at 64 x 64).
 
@@ -45,6 +45,7 @@ def localize_shard(model, dataset, runtime, *, mask_size, threshold, use_labels,
     `masks.save_shards` assembles the file on rank 0.
     Unreadable images get an empty mask (the fine stage then uses the whole image) and are counted;
     `max_bad=None` leaves them to the caller (predict.py lists them): no limit, no report.
+    `progress=False`: no bar of its own (predict.py shows one for the whole pass).
     """
     model.eval()
     device = runtime.device
@@ -60,7 +61,8 @@ def localize_shard(model, dataset, runtime, *, mask_size, threshold, use_labels,
     bad = BadImageCounter(dataset.split, limit)
     ones = 0
     groups = (g for batch in loader for g in batch)
-    for x, y, idx, ok in tqdm(groups, desc=desc or f"localize {dataset.split.name}", disable=not dist.is_main(), leave=False):
+    bar = dict(desc=desc or f"localize {dataset.split.name}", disable=not progress or not dist.is_main(), leave=False)
+    for x, y, idx, ok in tqdm(groups, **bar):
         with autocast():
             logits, cam = model.forward_cam(to_device(x, device))
         cls = y.to(cam.device) if use_labels else logits.argmax(1)

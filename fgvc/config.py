@@ -420,9 +420,13 @@ PREDICT_SCORING = Section("what to predict", (
     TEST_SCORING["tta_mirror_factors"],
 ))
 
+PREDICT_CHUNK = Flag("chunk_size", int, 4096, "images localized, then scored, together (rounded up to a multiple of "
+                     "--batch-size): memory holds one chunk's masks (and CAMs, with --overlay), never every image's",
+                     range=COUNT)
 PredictConfig = StageConfig("predict", "Predict: the species in any photos, with the whole method (CAM, crops, prior correction)",
                             (PREDICT_INPUTS, PREDICT_SCORING,
-                             Section("runtime", SCORING_RUNTIME.flags + tuple(replace(f, keep=False) for f in DECODING))))
+                             Section("runtime", SCORING_RUNTIME.flags + (PREDICT_CHUNK,)
+                                     + tuple(replace(f, keep=False) for f in DECODING))))
 CONFIGS = (CoarseConfig, FineConfig, TestConfig, PredictConfig)
 
 

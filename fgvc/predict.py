@@ -8,7 +8,9 @@ fine model's crop rule, the softmax mean, the prior correction at tau (the proba
 over all classes), the top k. Localization and scoring are the stages' own code
 (`stages.localization_input`, `stages.score_split`, the path test.py scores with): the images
 become a `Split` (rows in input order, no labels) whose masks stay in memory, bit-packed (512 bytes
-an image at 64 x 64), instead of a coarse masks file. The crop centres are drawn with an rng seeded
+an image at 64 x 64), instead of a coarse masks file, a chunk of --chunk-size images at a time
+(`Predictor.chunks`: localized, scored, written, then the next), so memory does not grow with the
+number of images. The crop centres are drawn with an rng seeded
 by (seed, the image's pixels) (`datasets.image_key`), as test.py's are: the same picture gets
 test.py's numbers exactly, in any order and under any name.
 
@@ -29,8 +31,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from . import cli, image
+from . import cli, dist, image
 from .atomic import atomic_write
 from .annotations import Split, class_counts, class_prior, load_dataset
 from .boxes import mask_to_box, scale_box
@@ -125,12 +128,13 @@ class Inputs:
         self.real.append(str(real))
         self.sizes.append(upright_size(np.frombuffer(head, np.uint8)) or (-1, -1))
 
-    def split(self):
-        """A Split of the images: rows in input order, no labels; its
+    def split(self, start=0, stop=None):
+        """A Split of the images `start:stop` (default: all): rows in input order, no labels; its
         root is / so that outputs.claim compares an output with every image by name."""
-        names = [os.path.abspath(r).lstrip("/") for r in self.real]
-        return Split("predict", Path(self.real[0]) if self.real else Path("/"), Path("/"), np.arange(len(self.real), dtype=np.int64),
-                     names, None, np.asarray(self.sizes, np.int64).reshape(-1, 2))
+        real = self.real[start:stop]
+        names = [os.path.abspath(r).lstrip("/") for r in real]
+        return Split("predict", Path(real[0]) if real else Path("/"), Path("/"), np.arange(start, start + len(real), dtype=np.int64),
+                     names, None, np.asarray(self.sizes[start:stop], np.int64).reshape(-1, 2))
 
 
 # ---------------------------------------------------------------- the options, as the command has them
@@ -207,7 +211,7 @@ class Predictor:
         check_matches(ckpt, path, kind=kind)
         return prepare_model(model_from_checkpoint(ckpt), self.device, self.runtime.compile), ckpt
 
-    # -- the two passes
+    # -- a chunk's two steps
 
     def localize(self, split, keep_cams=False):
         """The masks of every row (PackedMasks) and, with `keep_cams`, the normalised CAMs (N, h, w) float16."""
@@ -220,7 +224,7 @@ class Predictor:
 
         part = localize_shard(model, localization_input(split, self.resize, self.args.seed), self.runtime, mask_size=self.mask_size,
                               threshold=self.threshold, use_labels=False, max_bad=None, on_batch=keep if keep_cams else None,
-                              desc="localize")
+                              progress=False)
         return PackedMasks(part.packed, h, w), cams
 
     def score(self, split, k, masks=None):
@@ -228,9 +232,9 @@ class Predictor:
         a = self.args
         if self.fine is None:
             model, ckpt = self.coarse
-            return score_split(model, ckpt, split, self.runtime, reduce=TopK(self.prior, self.tau, k), desc="score", seed=a.seed)
+            return score_split(model, ckpt, split, self.runtime, reduce=TopK(self.prior, self.tau, k), seed=a.seed)
         model, ckpt = self.fine
-        return score_split(model, ckpt, split, self.runtime, reduce=TopK(self.prior, self.tau, k), desc="score", masks=masks,
+        return score_split(model, ckpt, split, self.runtime, reduce=TopK(self.prior, self.tau, k), masks=masks,
                            seed=a.seed, factors=a.tta_factors, mirror_factors=a.tta_mirror_factors, centre=a.crop_centre)
 
     def crops(self, split):
@@ -239,21 +243,25 @@ class Predictor:
         return tta_crops(self.fine[1], split, masks=[], factors=a.tta_factors, mirror_factors=a.tta_mirror_factors,
                          centre=a.crop_centre).transform
 
-    def run(self, inputs, k=None, *, keep_cams=False):
-        """Predict every image of `inputs` (an `Inputs`): a `Result` whose `rows()` yields one row an
-        image that could be read (the others go to `inputs.skipped`)."""
+    def chunks(self, inputs, k=None, *, keep_cams=False):
+        """Predict every image of `inputs` (an `Inputs`) in one pass, a chunk of --chunk-size images
+        at a time: each chunk is localized, then scored, then yielded as a `Result` whose `items()`
+        are its rows (an image that could not be read goes to `inputs.skipped` instead). Memory
+        holds one chunk's masks (and CAMs, with `keep_cams`), whatever the number of images."""
         k = self.args.topk if k is None else k
-        split = inputs.split()
-        masks, cams = self.localize(split, keep_cams) if self.fine is not None and len(split) else (None, None)
-        kept, ok = self.score(split, k, masks) if len(split) else ({"corrected": np.zeros((0, k), np.int64)}, np.zeros(0, bool))
-        for r in np.flatnonzero(~ok):
-            try:
-                read_rgb(split.path(r))
-                reason = "unreadable"
-            except BadImage as e:
-                reason = e.reason
-            inputs.skipped.append((inputs.shown[r], reason))
-        return Result(self, inputs, split, kept=kept, ok=ok, masks=masks, cams=cams)
+        bs = self.args.batch_size
+        step = -(-self.args.chunk_size // bs) * bs  # whole batches: a chunk's scoring batches are those of one pass
+        n = len(inputs.real)
+        with tqdm(total=n, desc="predict", unit="img", disable=not n or not dist.is_main(), leave=False) as bar:
+            for start in range(0, n, step):
+                split = inputs.split(start, start + step)
+                masks, cams = self.localize(split, keep_cams) if self.fine is not None else (None, None)
+                kept, ok = self.score(split, k, masks)
+                chunk = Result(self, inputs, split, start, kept=kept, ok=ok, masks=masks, cams=cams)
+                for r in np.flatnonzero(~ok):
+                    inputs.skipped.append((inputs.shown[start + r], unreadable_reason(split.path(r))))
+                bar.update(len(split))
+                yield chunk
 
     def predict(self, images, topk=None):
         """Rows for an image path, an (H, W, 3) uint8 RGB array, or a list of them (a list of rows);
@@ -271,20 +279,22 @@ class Predictor:
                     x = p
                 paths.append(str(Path(x).resolve()))
             inputs = Inputs(paths)
-            result = self.run(inputs, topk)
+            rows = [row for chunk in self.chunks(inputs, topk) for _, row in chunk.items()]
             if inputs.skipped:
                 raise UserError("; ".join(f"{p}: {why}" for p, why in inputs.skipped))
-            rows = list(result.rows())
         for row, x in zip(rows, items):
             row["path"] = "<array>" if isinstance(x, np.ndarray) else str(x)
         return rows[0] if one else rows
 
 
 class Result:
-    """What `Predictor.run` computed; `rows()` makes the rows one at a time (boxes from the packed masks)."""
+    """One chunk of `Predictor.chunks`: the rows `start`, `start + 1`, ... of the inputs (`split`
+    holds them; r below is a row of it); `items()` makes its rows one at a time (boxes from the
+    packed masks)."""
 
-    def __init__(self, predictor, inputs, split, *, kept, ok, masks, cams):
-        self.p, self.inputs, self.split, self.kept, self.ok, self.masks, self.cams = predictor, inputs, split, kept, ok, masks, cams
+    def __init__(self, predictor, inputs, split, start, *, kept, ok, masks, cams):
+        self.p, self.inputs, self.split, self.start = predictor, inputs, split, start
+        self.kept, self.ok, self.masks, self.cams = kept, ok, masks, cams
         self.readable = int(ok.sum())
         self.crop = predictor.crops(split) if masks is not None else None
 
@@ -310,15 +320,12 @@ class Result:
         top, prob = self.kept["corrected"][r], self.kept["probability"][r]
         preds = [{"category_id": int(self.p.ids[c]), "name": self.p.names[c], "probability": round(float(q), 6)}
                  for c, q in zip(top, prob)]
-        return {"path": self.inputs.shown[r], "predictions": preds, "box": self.box(r)}
+        return {"path": self.inputs.shown[self.start + r], "predictions": preds, "box": self.box(r)}
 
     def items(self):
-        """(row index, row) of every image that could be read, in input order."""
+        """(row index in the chunk, row) of every image of it that could be read, in input order."""
         for r in np.flatnonzero(self.ok):
             yield int(r), self.row(r)
-
-    def rows(self):
-        return (row for _, row in self.items())
 
     def largest_crop(self, r, img):
         """The largest of row r's test-time crops (x0, y0, x1, y1) in image pixels, as the scoring pass
@@ -367,10 +374,19 @@ def write_rows(f, rows, fmt, k):
     return n
 
 
+def unreadable_reason(path):
+    """Why the loaders could not read the image at `path` (its decoder's reason)."""
+    try:
+        read_rgb(path)
+    except BadImage as e:
+        return e.reason
+    return "unreadable"
+
+
 def report_skipped(skipped):
     """One line on stderr for each file that has no row: `skipped PATH: reason`."""
     for path, why in skipped:
-        print(f"skipped {path}: {why}", file=sys.stderr, flush=True)
+        tqdm.write(f"skipped {path}: {why}", file=sys.stderr)  # on a line of its own, under the progress bar
 
 
 def overlay_names(shown):

@@ -51,8 +51,9 @@ def read_rows(path):
 
 
 def test_predict_gives_the_submissions_top5_on_every_row(run, tmp_path, run_cli):
+    """In chunks of 4 images (batch 2, --chunk-size 3 rounded up): 15 images, a short last chunk."""
     out = tmp_path / "p.csv"
-    code, stdout, err = run_cli("predict.py", *predict_args(run, out, f"@{run['list']}"))
+    code, stdout, err = run_cli("predict.py", *predict_args(run, out, f"@{run['list']}", extra=["--batch-size", "2", "--chunk-size", "3"]))
     assert code == 0, err
     rows = read_rows(out)
     assert rows[0] == csv_header(K) and rows[0][:4] == ["path", "category_id_1", "name_1", "probability_1"]
@@ -72,6 +73,9 @@ def test_predict_gives_the_submissions_top5_on_every_row(run, tmp_path, run_cli)
         x, y, w, h = map(int, row[-4:])
         assert 0 <= x and 0 <= y and w > 0 and h > 0
     assert f"{out}: {len(ids)} rows" in stdout
+    whole = tmp_path / "whole.csv"  # one chunk: the same file
+    assert run_cli("predict.py", *predict_args(run, whole, f"@{run['list']}", extra=["--batch-size", "2"]))[0] == 0
+    assert whole.read_bytes() == out.read_bytes()
 
 
 def test_predicts_masks_are_the_coarse_stages(run):
@@ -122,10 +126,11 @@ def test_a_folder_of_mixed_files(run, tmp_path, run_cli):
     (photos / "notes.txt").write_text("not a photo\n")
     (photos / ".hidden").write_text("never listed\n")
     os.mkfifo(photos / "pipe.jpg")  # never opened: it would block
-    out = tmp_path / "p.csv"
-    code, stdout, err = run_cli("predict.py", *predict_args(run, out, photos))
+    out, ov = tmp_path / "p.csv", tmp_path / "ov"  # chunks of 2 (a, c | d, e | b): the unreadable c.jpg ends the first
+    code, stdout, err = run_cli("predict.py", *predict_args(run, out, photos, extra=["--batch-size", "1", "--chunk-size", "2", "--overlay", ov]))
     assert code == 0, err
     assert [r[0] for r in read_rows(out)[1:]] == [str(photos / n) for n in ("a.jpg", "d.png", "e.txt", "sub/b.jpg")]
+    assert sorted(p.name for p in ov.iterdir() if not p.name.startswith(".")) == ["a.png", "b.png", "d.png", "e.png"]
     skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
     assert skipped == [f"skipped {photos / 'notes.txt'}: not an image (by its content)", f"skipped {photos / 'pipe.jpg'}: not a regular file",
                        f"skipped {photos / 'c.jpg'}: truncated JPEG (no end-of-image marker)"], err
@@ -140,6 +145,12 @@ def test_no_readable_file_is_exit_1_and_nothing_written(run, tmp_path, run_cli):
     code, _, err = run_cli("predict.py", *predict_args(run, out, bad))
     assert code == 1 and error_line(err).startswith("error: no readable image among the files given"), err
     assert "skipped " in err and not out.exists()
+    (bad / "y.jpg").write_bytes(open(run["files"][0], "rb").read())  # an image by its content that cannot be decoded:
+    spoil(bad / "y.jpg", "truncated")  # found out only in the pass, when the rows are being written
+    code, _, err = run_cli("predict.py", *predict_args(run, out, bad))
+    assert code == 1 and error_line(err).startswith("error: no readable image among the files given"), err
+    assert f"skipped {bad / 'y.jpg'}: truncated JPEG" in err and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".p.csv")] in ([], [".p.csv.lock"])  # no temporary file left
 
 
 def test_outputs_are_refused_as_the_stages_refuse_them(run, tmp_path, run_cli):
