@@ -50,13 +50,17 @@ import stat
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 
+import msgspec
 import numpy as np
 
-from fgvc.annotations import INT64_MAX, INT64_MIN, SPLIT_FILES, _check_file_name, _entries, _field, _is_int, _load_json, load_dataset
+from fgvc.annotations import (INT64_MAX, INT64_MIN, NESTING, SPLIT_FILES, Int64, _check_file_name, _entries, _field, _is_int,
+                              _is_utf8, _load_json, _nesting_limit, load_dataset)
 from fgvc import interrupt
 from fgvc.errors import DatasetError, UserError, fail
 from fgvc.image import BadImage, read_rgb
@@ -87,12 +91,42 @@ class Image:
     extra: dict = field(default_factory=dict)  # other official fields kept in the json (license, ...)
 
 
+MISSING = msgspec.UNSET  # an extra field the image entry lacks
+
+
+@dataclass
+class Table:
+    """One split's images as columns, in the order written (millions of rows: no object per image)."""
+
+    ids: list  # int
+    file_names: list  # str, as Image.file_name
+    category_ids: list  # int, or None where unlabelled
+    widths: list  # as Image.width
+    heights: list
+    extras: dict  # key of EXTRA_KEYS -> its value per image, MISSING where the entry lacks it; absent: no image has it
+
+    @classmethod
+    def of(cls, images):
+        """The Table of a list of Image (cub, folder, iNat read entry by entry); a Table as it is."""
+        if isinstance(images, Table):
+            return images
+        extras = {k: [im.extra.get(k, MISSING) for im in images] for k in EXTRA_KEYS if any(k in im.extra for im in images)}
+        return cls([im.id for im in images], [im.file_name for im in images], [im.category_id for im in images],
+                   [im.width for im in images], [im.height for im in images], extras)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def labelled(self):
+        return all(c is not None for c in self.category_ids)
+
+
 @dataclass
 class Prepared:
     """A dataset in memory: everything prepare writes, checked, before anything is written."""
 
     categories: list  # [{id, name, ...}], written to train and val json
-    splits: dict  # "train" / "val" / "test" -> [Image]
+    splits: dict  # "train" / "val" / "test" -> [Image] or Table (main makes every one a Table before writing)
     links: dict  # top folder (or file) name under DIR -> its source path
     boxes: dict = field(default_factory=dict)  # image id -> (x, y, w, h)
     skipped: list = field(default_factory=list)  # (path, why)
@@ -104,11 +138,18 @@ class Prepared:
 def read_inat(src, fmt):
     """The official json of one iNat year. Their schema is 2019's (images, annotations, categories);
     2017 and 2018 add `supercategory`, 2021 taxonomy fields, `common_name`, `image_dir_name`, and
-    date and location per image, which are dropped. Ids and the official splits are kept."""
-    names = INAT_FILES[fmt]
-    docs = [(name, src / name, _load_json(src / name)) for name in names]
-    train_path = docs[0][1]
-    categories = _entries(docs[0][2], "categories", train_path, required=True)
+    date and location per image, which are dropped. Ids and the official splits are kept.
+
+    Read as the project's reader reads (fgvc/annotations.py): msgspec into typed structs, checked a
+    whole column at a time (iNat 2021's 2.7 million images: no dict or object per image), and,
+    wherever that finds anything amiss or anything msgspec reads otherwise than json, again with
+    the standard library's json and a check of every entry in file order, which names the problem."""
+    return read_inat_fast(src, fmt) or read_inat_checked(src, fmt)
+
+
+def inat_categories(doc, train_path):
+    """(categories, {category id: its row}) of the train json, checked."""
+    categories = _entries(doc, "categories", train_path, required=True)
     if not categories:
         raise DatasetError(f"{train_path}: 'categories' is empty")
     known = {}
@@ -117,6 +158,14 @@ def read_inat(src, fmt):
         if cid in known:
             raise DatasetError(f"{train_path}: categories[{i}] repeats category id {cid} (first at categories[{known[cid]}])")
         known[cid] = i
+    return categories, known
+
+
+def read_inat_checked(src, fmt):
+    """read_inat with json.load and a check of each entry: the first problem in file order is the one named."""
+    names = INAT_FILES[fmt]
+    docs = [(name, src / name, _load_json(src / name)) for name in names]
+    categories, known = inat_categories(docs[0][2], docs[0][1])
     splits, first_split = {}, {}
     for split, (name, path, doc) in zip(("train", "val", "test"), docs):
         splits[split] = inat_split(src, path, doc, split, known, names[0])
@@ -126,10 +175,13 @@ def read_inat(src, fmt):
             first_split[im.id] = name
     tops = sorted({im.file_name.split("/")[0] for images in splits.values() for im in images})
     for top in tops:
-        if top in (*SPLIT_FILES.values(), "truth"):
+        if top in RESERVED:
             raise DatasetError(f"{src}: an image file_name starts with {top!r}, a name the output needs itself")
     cats = [dict(c) for c in sorted(categories, key=lambda c: c["id"])]
     return Prepared(cats, splits, {top: src / top for top in tops})
+
+
+RESERVED = (*SPLIT_FILES.values(), "truth")  # names under DIR that prepare writes itself
 
 
 def inat_split(src, path, doc, split, known, train_name):
@@ -235,6 +287,187 @@ def is_file(root, name, path, where):
             return False
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise DatasetError(f"{path}: {where} has file_name {shown!r}: {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------- iNat, the fast reading (msgspec)
+
+class _SrcImage(msgspec.Struct, gc=False):
+    id: Int64
+    file_name: str
+    width: Any = None
+    height: Any = None
+    license: Any = MISSING  # EXTRA_KEYS: kept as json.load gives them
+    rights_holder: Any = MISSING
+
+
+class _SrcAnnotation(msgspec.Struct, gc=False):
+    image_id: Int64
+    category_id: Int64
+
+
+class _SrcFile(msgspec.Struct):
+    """What prepare keeps of an official json; every other field (date, location, info) is skipped unbuilt."""
+
+    images: list[_SrcImage]
+    annotations: list[_SrcAnnotation] | msgspec.UnsetType = MISSING
+    categories: msgspec.Raw = msgspec.Raw()  # its json text, read by the standard json (train's only)
+
+
+_SRC_DECODER = msgspec.json.Decoder(_SrcFile)
+NAN_VALUES = ((b": NaN", b": null"), (b":NaN", b":null"))  # 2021's NaN locations (json.dump's), which msgspec refuses
+EXTRA_TYPES = {int, str, float, bool, msgspec.UnsetType}  # of an extra field that json.load and a NaN-less read agree on
+
+
+def read_inat_fast(src, fmt):
+    """read_inat's Prepared, or None wherever read_inat_checked would raise or read anything otherwise."""
+    names = INAT_FILES[fmt]
+    docs = []
+    for name in names:
+        decoded = decode_fast(src / name)
+        if decoded is None:
+            return None
+        docs.append(decoded)
+    train_path = src / names[0]
+    try:
+        raw = bytes(docs[0][0].categories)
+        if not raw or (docs[0][1] and b"null" in raw):  # absent; or a null that was a NaN
+            return None
+        categories, known = inat_categories({"categories": json.loads(raw)}, train_path)
+    except (ValueError, RecursionError, DatasetError):
+        return None
+    splits, folders = {}, set()
+    for split, name, (doc, nan) in zip(("train", "val", "test"), names, docs):
+        read = inat_split_fast(src, src / name, doc, split, known, nan)
+        if read is None:
+            return None
+        splits[split], split_folders = read
+        folders |= split_folders
+        doc.images = doc.annotations = None
+    ids = np.sort(np.concatenate([np.asarray(t.ids, np.int64) for t in splits.values()]))
+    if (ids[1:] == ids[:-1]).any():  # an id in two splits
+        return None
+    tops = {f.partition("/")[0] for f in folders if f}
+    if "" in folders:  # files at the top of SRC
+        tops |= {n for t in splits.values() for n in t.file_names if "/" not in n}
+    if tops & set(RESERVED):
+        return None
+    cats = [dict(c) for c in sorted(categories, key=lambda c: c["id"])]
+    return Prepared(cats, splits, {top: src / top for top in sorted(tops)})
+
+
+def decode_fast(path):
+    """(_SrcFile, whether a NaN was read as null) of one json, or None where msgspec cannot read it
+    as json.load would: not there, not UTF-8, nested too deeply, malformed, a field of another type."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if not _is_utf8(raw):
+        return None
+    nan = b"NaN" in raw
+    if nan:  # read as null; read_inat_fast refuses every kept value such a null could have changed
+        for a, b in NAN_VALUES:
+            raw = raw.replace(a, b)
+    try:
+        with _nesting_limit(NESTING):
+            return _SRC_DECODER.decode(raw), nan
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return None
+
+
+def inat_split_fast(src, path, doc, split, known, nan):
+    """(Table, the folders its files are in) of one official json, or None wherever inat_split
+    would raise. `nan`: the json had a NaN, read as null: None too where that could show."""
+    images = doc.images
+    n = len(images)
+    if not n:
+        return None
+    ids = np.fromiter((im.id for im in images), np.int64, n)
+    order = np.argsort(ids, kind="stable")
+    if (ids[order][1:] == ids[order][:-1]).any():
+        return None
+    names = clean_names([im.file_name for im in images], path, nan)
+    if names is None:
+        return None
+    unique = set(names)
+    if len(unique) != n:
+        return None
+    sizes = []
+    for key in ("width", "height"):
+        values = [getattr(im, key) for im in images]
+        sizes.append(values if set(map(type, values)) <= {int} else [v if type(v) is int else -1 for v in values])
+    extras = {}
+    for key in EXTRA_KEYS:
+        values = [getattr(im, key) for im in images]
+        types = set(map(type, values))
+        if types == {msgspec.UnsetType}:
+            continue
+        if nan and (types - EXTRA_TYPES or any(":null" in v or ": null" in v for v in values if type(v) is str)):
+            return None
+        extras[key] = values
+    categories = inat_labels(doc.annotations, ids, order, known, split)
+    if categories is None:
+        return None
+    folders = {name.rpartition("/")[0] for name in names}
+    if not files_found(src, folders, unique):
+        return None
+    return Table(ids.tolist(), names, categories, *sizes, extras), folders
+
+
+def clean_names(names, path, nan):
+    """`names` with '\\' made '/', or None where _check_file_name refuses one (or a NaN read as null could be in one)."""
+    joined = "\0".join(names)
+    if nan and (":null" in joined or ": null" in joined):
+        return None
+    if (joined.isascii() and joined.count("\0") == len(names) - 1 and "" not in (names[0][:1], names[-1][:1])
+            and names[0][0] != "/" and not any(s in joined for s in (":", "\\", "..", "\0\0", "\0/"))):
+        return names  # no name that any refusal of _check_file_name fits, nor one to rewrite
+    try:
+        for name in names:
+            _check_file_name(name, path, "")
+    except DatasetError:
+        return None
+    return [name.replace("\\", "/") for name in names]
+
+
+def inat_labels(annotations, ids, order, known, split):
+    """Category id per image (None each: unlabelled test), or None unless every image has exactly
+    one annotation, of a known image id and a known category (`order` sorts `ids`)."""
+    if annotations is MISSING or not annotations:
+        return None if split != "test" else [None] * len(ids)
+    if len(annotations) != len(ids):  # fewer: an image without one; more: a second one, or an unknown image
+        return None
+    image_id = np.fromiter((a.image_id for a in annotations), np.int64, len(annotations))
+    category = np.fromiter((a.category_id for a in annotations), np.int64, len(annotations))
+    by_id = ids[order]
+    at = np.searchsorted(by_id, image_id).clip(max=len(ids) - 1)
+    cats = np.sort(np.fromiter(known, np.int64, len(known)))
+    if (by_id[at] != image_id).any() or (cats[np.searchsorted(cats, category).clip(max=len(cats) - 1)] != category).any():
+        return None
+    rows = order[at]
+    if np.bincount(rows, minlength=len(ids)).max() > 1:
+        return None
+    out = np.empty(len(ids), np.int64)
+    out[rows] = category
+    return out.tolist()
+
+
+def files_found(src, folders, names):
+    """Is each of `names` (a set, emptied here) a file under src, a link followed, as is_file says?
+    One listing per folder finds the plain files; is_file looks only at the rest. False at the
+    first that is not, or on an error of the system: read_inat_checked then names it."""
+    root = os.fspath(src)
+    for folder in folders:
+        prefix = folder + "/" if folder else ""
+        try:
+            with os.scandir(os.path.join(root, folder)) as entries:
+                names.difference_update([prefix + e.name for e in entries if e.is_file(follow_symlinks=False)])
+        except OSError:  # not there, not a folder, not readable: is_file decides for each
+            pass
+    try:
+        return all(is_file(root, name, "", "") for name in names)
+    except DatasetError:
+        return False
 
 
 # ---------------------------------------------------------------- CUB-200-2011
@@ -467,12 +700,12 @@ def link_images(prepared, tmp, mode):
             os.symlink(os.path.relpath(source, tmp), tmp / top)  # DIR.tmp-<pid> and DIR share a parent
         return
     done = set()
-    for images in prepared.splits.values():
-        for im in images:
-            if im.file_name in done:
+    for table in prepared.splits.values():
+        for file_name in table.file_names:
+            if file_name in done:
                 continue
-            top, *rest = im.file_name.split("/")
-            source, target = prepared.links[top].joinpath(*rest), tmp / im.file_name
+            top, *rest = file_name.split("/")
+            source, target = prepared.links[top].joinpath(*rest), tmp / file_name
             target.parent.mkdir(parents=True, exist_ok=True)
             if mode == "hard":
                 try:
@@ -482,7 +715,7 @@ def link_images(prepared, tmp, mode):
                                     f"use the default symlinks or --copy") from None
             else:
                 shutil.copy2(source, target)
-            done.add(im.file_name)
+            done.add(file_name)
 
 
 def check_links(prepared, tmp, mode):
@@ -500,14 +733,55 @@ def check_links(prepared, tmp, mode):
             raise UserError(f"{tmp / top}: does not lead to {source}; nothing written")
 
 
+def write_split(path, prepared, name):
+    """split_json(prepared, name) as json.dumps(..., separators=(",", ":")) writes it, byte for byte:
+    its images and annotations encoded by msgspec where every value is one both write alike (ints,
+    printable ASCII text, true, false, null; iNat 2021's train json: a few seconds, not 15), the
+    rest, and every split holding anything else, by json.dumps."""
+    table = prepared.splits[name]
+    columns = [table.ids, table.widths, table.heights, *table.extras.values(), table.category_ids]
+    text = "".join(chain(table.file_names, *([v for v in c if type(v) is str] for c in table.extras.values())))
+    if not (text.isascii() and text.isprintable() and all(set(map(type, c)) <= PLAIN_TYPES for c in columns)):
+        path.write_text(json.dumps(split_json(prepared, name), separators=(",", ":")))
+        return
+    del text
+    image = msgspec.defstruct("Image", [("id", Any), ("file_name", Any), ("width", Any), ("height", Any),
+                                        *((k, Any, MISSING) for k in table.extras)], gc=False)
+    dumps = lambda v: json.dumps(v, separators=(",", ":")).encode()
+    with open(path, "wb") as f:
+        f.write(b'{"info":' + dumps(split_json_info()) + b',"images":')
+        f.write(msgspec.json.encode(list(map(image, table.ids, table.file_names, table.widths, table.heights, *table.extras.values()))))
+        if name != "test":
+            f.write(b',"categories":' + dumps(prepared.categories) + b',"annotations":')
+            f.write(msgspec.json.encode(list(map(_Annotation, table.ids, table.ids, table.category_ids))))
+        f.write(b"}")
+
+
+class _Annotation(msgspec.Struct, gc=False):
+    id: Any
+    image_id: Any
+    category_id: Any
+
+
+PLAIN_TYPES = {int, str, bool, type(None), msgspec.UnsetType}  # values json.dumps and msgspec write alike (text: printable ASCII)
+
+
+def split_json_info():
+    return {"description": "written by data/prepare.py"}
+
+
 def split_json(prepared, name):
-    images = prepared.splits[name]
-    doc = {"info": {"description": "written by data/prepare.py"},
-           "images": [{"id": im.id, "file_name": im.file_name, "width": im.width, "height": im.height, **im.extra}
-                      for im in images]}
+    table = prepared.splits[name]
+    images = [{"id": i, "file_name": f, "width": w, "height": h}
+              for i, f, w, h in zip(table.ids, table.file_names, table.widths, table.heights)]
+    for key, values in table.extras.items():  # in EXTRA_KEYS order, after the four above
+        for image, value in zip(images, values):
+            if value is not MISSING:
+                image[key] = value
+    doc = {"info": split_json_info(), "images": images}
     if name != "test":
         doc["categories"] = prepared.categories
-        doc["annotations"] = [{"id": im.id, "image_id": im.id, "category_id": im.category_id} for im in images]
+        doc["annotations"] = [{"id": i, "image_id": i, "category_id": c} for i, c in zip(table.ids, table.category_ids)]
     return doc
 
 
@@ -669,12 +943,12 @@ def write_dataset(prepared, out, mode):
         (tmp / PARTIAL).write_text(f"pid {os.getpid()}\n")
         link_images(prepared, tmp, mode)
         for name, file in SPLIT_FILES.items():
-            (tmp / file).write_text(json.dumps(split_json(prepared, name), separators=(",", ":")))
+            write_split(tmp / file, prepared, name)
         test = prepared.splits["test"]
-        if prepared.boxes or all(im.category_id is not None for im in test):
+        if prepared.boxes or test.labelled():
             (tmp / "truth").mkdir()
-        if all(im.category_id is not None for im in test):
-            write_csv(tmp / "truth" / "test_labels.csv", ("id", "category_id"), [(im.id, im.category_id) for im in test])
+        if test.labelled():
+            write_csv(tmp / "truth" / "test_labels.csv", ("id", "category_id"), zip(test.ids, test.category_ids))
         if prepared.boxes:
             write_csv(tmp / "truth" / "boxes.csv", ("image_id", "x", "y", "w", "h"),
                       [(i, *(f"{v:g}" for v in prepared.boxes[i])) for i in sorted(prepared.boxes)])
@@ -714,14 +988,14 @@ def summary(prepared, fmt, out, mode):
     """The lines prepare prints: classes, images per split, per-class spread, what was skipped."""
     lines = [f"{fmt}: {len(prepared.categories)} classes -> {out} (images by {mode})"]
     for name, images in prepared.splits.items():
-        counts = Counter(im.category_id for im in images if im.category_id is not None)
+        counts = Counter(c for c in images.category_ids if c is not None)
         spread = (f", per class min {min(counts.values())} / median {np.median(list(counts.values())):g} / "
                   f"max {max(counts.values())} over {len(counts)} classes") if counts else ", unlabelled"
         lines.append(f"  {name:5s} {len(images):7d} images{spread}")
     lines += [f"  {note}" for note in prepared.notes]
     if prepared.boxes:
         lines.append(f"  truth/boxes.csv: {len(prepared.boxes)} boxes")
-    if all(im.category_id is not None for im in prepared.splits["test"]):
+    if prepared.splits["test"].labelled():
         lines.append(f"  truth/test_labels.csv: {len(prepared.splits['test'])} test labels (test.py scores the submission)")
     why = Counter(reason for _, reason in prepared.skipped)
     lines.append(f"  skipped {len(prepared.skipped)} files" + (": " + ", ".join(f"{n} {r}" for r, n in why.most_common()) if why else ""))
@@ -772,6 +1046,7 @@ def main(args):
         prepared = read_cub(src, args.val, args.val_per_class, args.seed)
     else:
         prepared = read_folder(src, args.val_per_class, args.test_per_class, args.seed)
+    prepared.splits = {name: Table.of(images) for name, images in prepared.splits.items()}
     check_apart(out, prepared.links.values())  # folder: its sibling val/ and test/ too
     write_dataset(prepared, out, mode)
     print(summary(prepared, args.format, out, mode), flush=True)

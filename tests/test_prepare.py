@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 import pytest
-from harness import COLORS, ROOT, TINY, call, run_script
+from harness import COLORS, ROOT, TINY, call, run_script, stage
 
 from fgvc.annotations import load_dataset
 
@@ -321,6 +321,75 @@ def test_inat_malformed_input_fails_in_one_line(case, tmp_path):
     mutate(src)
     line = fails(tmp_path / "d", "inat2021", src)
     assert all(e in line for e in expected), line
+
+
+def odd_inat(root, fmt):
+    """An iNat tree whose entries are of every kind the msgspec reading takes: a non-ASCII name,
+    backslashes, extras absent or of any type (a list or an object: not beside 2021's NaN
+    locations), widths that are not sizes, a test file with complete labels."""
+    src = make_inat(root, fmt)
+    jsons = INAT[fmt]["json"]
+    train = json.loads((src / jsons[0]).read_text())
+    old = train["images"][0]["file_name"]
+    new = old[:-4] + "_Zoë.jpg"
+    os.rename(src / old, src / new)
+
+    def edit_train(d):
+        ims = d["images"]
+        ims[0].update(file_name=new, license=2.5, rights_holder="Zoë \u00e9 \x7f")
+        del ims[1]["license"]
+        ims[1].update(width="300", height=True)
+        ims[2].update(width=2**70, height=-3, rights_holder={"a": [1, None, 1.5]} if fmt != "inat2021" else 7)
+        ims[3]["file_name"] = ims[3]["file_name"].replace("/", "\\")
+        del ims[4]["width"]
+    edit_json(src / jsons[0], edit_train)
+    edit_json(src / jsons[2], lambda d: d.update(annotations=[{"id": im["id"], "image_id": im["id"], "category_id": 3} for im in d["images"]]))
+    return src
+
+
+def same_reading(src, fmt="inat2021"):
+    """read_inat_fast's Prepared (None: it left the input to the checked reading), after checking
+    that it equals read_inat_checked's and that write_split writes json.dumps's bytes."""
+    P = stage("data/prepare.py")
+    fast, slow = P.read_inat_fast(src, fmt), P.read_inat_checked(src, fmt)
+    slow.splits = {k: P.Table.of(v) for k, v in slow.splits.items()}
+    if fast is None:
+        return None
+    assert (fast.categories, fast.links) == (slow.categories, slow.links)
+    for name in ("train", "val", "test"):
+        assert fast.splits[name] == slow.splits[name], name
+        P.write_split(src / "written.json", fast, name)
+        assert (src / "written.json").read_bytes() == json.dumps(P.split_json(slow, name), separators=(",", ":")).encode()
+    return fast
+
+
+def test_fast_reading_equals_the_checked_one(tmp_path):
+    """read_inat_fast (msgspec, a check per column) reads what read_inat_checked (json, a check per
+    entry) reads, and write_split writes what json.dumps writes, msgspec encoding the plain splits."""
+    P = stage("data/prepare.py")
+    for fmt in ("inat2021", "inat2018"):
+        fast = same_reading(odd_inat(tmp_path / fmt, fmt), fmt)
+        assert fast is not None and fast.splits["test"].labelled() and "\\" not in "".join(fast.splits["train"].file_names)
+        assert fast.splits["train"].extras["license"][1] is P.MISSING
+    plain = same_reading(make_inat(tmp_path / "plain", "inat2018"), "inat2018")
+    split_json, P.split_json = P.split_json, None  # a plain split never reaches json.dumps
+    try:
+        for name, file in P.SPLIT_FILES.items():
+            P.write_split(tmp_path / file, plain, name)
+    finally:
+        P.split_json = split_json
+    classes, splits = load_dataset(tmp_path, check_files=False)
+    assert classes.ids == (3, 7, 11) and sorted(splits["train"].image_ids.tolist()) == sorted(plain.splits["train"].ids)
+
+
+@pytest.mark.parametrize("value", [math.nan, "seen: NaN, twice", [math.nan]])
+def test_a_nan_that_msgspec_would_read_as_null_leaves_the_file_to_json(value, tmp_path):
+    """NaN is not json to msgspec; read as null, it must not reach a value prepare keeps."""
+    src = make_inat(tmp_path / "src", "inat2021")
+    edit_json(src / "val.json", lambda d: d["images"][1].update(rights_holder=value))
+    assert same_reading(src) is None
+    p = prepare("inat2021", src, "--out", tmp_path / "d")
+    assert "inat2021: 3 classes" in p.stdout
 
 
 def rewrite_line(path, n, text):
