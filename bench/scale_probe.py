@@ -11,7 +11,6 @@ records its peak memory). Writes {"seconds": ..., ...} to OUT as JSON.
                                                          (FileNames, this repo) or list (a list of str, as before)
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
