@@ -67,7 +67,7 @@ demo-scratch: $(TOY)/train2019.json
 
 ablate: $(STAMP)
 	test -f $(RUN)/fine/checkpoint.pt || $(MAKE) demo
-	$(PY) bench/ablate.py --data $(TOY) --coarse $(RUN)/coarse --fine $(RUN)/fine --rows $(ROWS) --device cpu --workers 2
+	$(PY) bench/ablate.py --data $(TOY) --coarse $(RUN)/coarse --fine $(RUN)/fine --rows $(ROWS) --device cpu --workers 2 --amp off
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

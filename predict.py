@@ -19,6 +19,7 @@ Writes --out (default predictions.csv), atomically: .csv with the header
        file could be read. --overlay DIR: one PNG an image (same stem). The output is checked (never
        an input) and locked (`.<name>.lock` beside it; --overlay DIR/.lock) at start.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from fgvc import cli, dist, outputs
 from fgvc.atomic import atomic_write
 from fgvc.checkpoint import CHECKPOINT
 from fgvc.config import PredictConfig
-from fgvc.errors import NoReadableImages
+from fgvc.errors import NoReadableImages, UserError
 from fgvc.inference import steady_heap
 from fgvc.paths import resolve
 from fgvc.predict import Inputs, Predictor, output_format, overlay_names, report_skipped, write_overlay, write_rows
@@ -54,6 +55,9 @@ def claim_outputs(args, inputs, split):
 
 def main(args):
     steady_heap()  # one pass over the images, a chunk at a time: memory must not grow with them
+    if int(os.environ.get("WORLD_SIZE", "1")) >= 2:
+        raise UserError(f"predict.py runs as one process, not under torchrun (WORLD_SIZE {os.environ['WORLD_SIZE']}): "
+                        "give each GPU a part of the photos (--device cuda:N) and --out of its own")
     device = dist.setup(args.device)
     inputs = Inputs(args.paths)
     split = inputs.split()

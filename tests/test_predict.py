@@ -170,6 +170,16 @@ def test_outputs_are_refused_as_the_stages_refuse_them(run, tmp_path, run_cli):
     assert not (tmp_path / "p.txt").exists()
 
 
+def test_torchrun_is_refused(run, tmp_path, run_cli, monkeypatch):
+    """Each rank would localize only its shard and write the same --out: one process it is."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "p.csv"
+    code, _, err = run_cli("predict.py", *predict_args(run, out, run["files"][0]))
+    assert code == 2 and "predict.py runs as one process, not under torchrun (WORLD_SIZE 2)" in error_line(err), err
+    assert not out.exists()
+
+
 def test_an_output_in_use_by_another_run_is_refused(run, tmp_path, run_cli):
     from harness import lock_holder
 
