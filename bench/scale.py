@@ -1,7 +1,7 @@
-"""What grows with the dataset: `make bench-scale` (CPU). At its default sizes on 2 shared cores
-(2026-12-02): 556 s to make the datasets (about 3.6 million hard links, some 0.1 ms each; kept in
---work for a rerun; `--make-only` does it apart), then 1,559 s for every part with localization
-at 4,000 / 24,000 images, about 4 minutes more at the present 24,000 / 100,000 (docs/performance.md).
+"""What grows with the dataset: `make bench-scale` (CPU). At its default sizes on 2 cores: about
+9 min to make the datasets (about 3.6 million hard links, some 0.1 ms each; kept in --work for a
+rerun; `--make-only` does it apart; 556 s on 2026-12-02, shared cores), then 505 s for every part
+(2026-12-03, nothing else running; docs/performance.md).
 
     python3 bench/scale.py                      # iNat 2019, 2021-mini, 2021 -> bench/results.json (scale_* keys)
     python3 bench/scale.py --smoke              # tiny sizes, a few minutes: the harness itself
