@@ -59,8 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 import msgspec
 import numpy as np
 
-from fgvc.annotations import (INT64_MAX, INT64_MIN, NESTING, SPLIT_FILES, Int64, _check_file_name, _entries, _field, _is_int,
-                              _is_utf8, _load_json, _nesting_limit, load_dataset)
+from fgvc.annotations import (INT64_MAX, INT64_MIN, NESTING, SPLIT_FILES, _Annotation, _check_file_name, _entries, _field, _Image,
+                              _is_int, _is_utf8, _load_json, _nesting_limit, load_dataset)
 from fgvc import interrupt
 from fgvc.errors import DatasetError, UserError, fail
 from fgvc.image import BadImage, read_rgb
@@ -291,25 +291,18 @@ def is_file(root, name, path, where):
 
 # ---------------------------------------------------------------- iNat, the fast reading (msgspec)
 
-class _SrcImage(msgspec.Struct, gc=False):
-    id: Int64
-    file_name: str
-    width: Any = None
-    height: Any = None
+class _SrcImage(_Image):
+    """The reader's image entry, and the official fields prepare keeps beside it."""
+
     license: Any = MISSING  # EXTRA_KEYS: kept as json.load gives them
     rights_holder: Any = MISSING
-
-
-class _SrcAnnotation(msgspec.Struct, gc=False):
-    image_id: Int64
-    category_id: Int64
 
 
 class _SrcFile(msgspec.Struct):
     """What prepare keeps of an official json; every other field (date, location, info) is skipped unbuilt."""
 
     images: list[_SrcImage]
-    annotations: list[_SrcAnnotation] | msgspec.UnsetType = MISSING
+    annotations: list[_Annotation] | msgspec.UnsetType = MISSING
     categories: msgspec.Raw = msgspec.Raw()  # its json text, read by the standard json (train's only)
 
 
