@@ -64,27 +64,27 @@ def main(args):
     out, overlay, names = claim_outputs(args, inputs, split)
     predictor = Predictor(**{**{k: v for k, v in vars(args).items() if k != "paths"}, "device": str(device)})
     report_skipped(inputs.skipped)  # the files that are not images, at once; the unreadable ones as each chunk finds them
+    nothing = f"no readable image among the files given (each listed above); {out} not written"
     if not inputs.real:
-        raise NoReadableImages(f"no readable image among the files given (each listed above); {out} not written")
-    counts = {"rows": 0, "reported": len(inputs.skipped)}
+        raise NoReadableImages(nothing)
+    written = 0
 
     def rows():
+        nonlocal written
         for chunk in predictor.chunks(inputs, keep_cams=overlay is not None):
-            report_skipped(inputs.skipped[counts["reported"]:])
-            counts["reported"] = len(inputs.skipped)
+            report_skipped(chunk.skipped)
             for r, row in chunk.items():
                 if overlay is not None:
                     write_overlay(overlay / names[chunk.start + r], chunk, r, row)
-                counts["rows"] += 1
+                written += 1
                 yield row
-        if not counts["rows"]:  # raised inside the write: the temporary file goes, --out stays as it was
-            raise NoReadableImages(f"no readable image among the files given (each listed above); {out} not written")
+        if not written:  # raised inside the write: the temporary file goes, --out stays as it was
+            raise NoReadableImages(nothing)
 
     atomic_write(out, lambda f: write_rows(f, rows(), output_format(out), predictor.args.topk))
-    print(f"{out}: {counts['rows']} rows, model {args.model}, tau {predictor.tau:g}"
+    print(f"{out}: {written} rows, model {args.model}, tau {predictor.tau:g}"
           + (f", {len(inputs.skipped)} files skipped" if inputs.skipped else "")
           + (f"; overlays in {overlay}" if overlay is not None else ""), flush=True)
-
 
 if __name__ == "__main__":
     cli.run(main, get_args_parser())

@@ -257,11 +257,10 @@ class Predictor:
                 split = inputs.split(start, start + step)
                 masks, cams = self.localize(split, keep_cams) if self.fine is not None else (None, None)
                 kept, ok = self.score(split, k, masks)
-                chunk = Result(self, inputs, split, start, kept=kept, ok=ok, masks=masks, cams=cams)
-                for r in np.flatnonzero(~ok):
-                    inputs.skipped.append((inputs.shown[start + r], unreadable_reason(split.path(r))))
+                skipped = [(inputs.shown[start + r], unreadable_reason(split.path(r))) for r in np.flatnonzero(~ok)]
+                inputs.skipped += skipped
                 bar.update(len(split))
-                yield chunk
+                yield Result(self, inputs, split, start, kept=kept, ok=ok, masks=masks, cams=cams, skipped=skipped)
 
     def predict(self, images, topk=None):
         """Rows for an image path, an (H, W, 3) uint8 RGB array, or a list of them (a list of rows);
@@ -290,12 +289,11 @@ class Predictor:
 class Result:
     """One chunk of `Predictor.chunks`: the rows `start`, `start + 1`, ... of the inputs (`split`
     holds them; r below is a row of it); `items()` makes its rows one at a time (boxes from the
-    packed masks)."""
+    packed masks); `skipped`: [(path, reason)] of its images that could not be read."""
 
-    def __init__(self, predictor, inputs, split, start, *, kept, ok, masks, cams):
+    def __init__(self, predictor, inputs, split, start, *, kept, ok, masks, cams, skipped):
         self.p, self.inputs, self.split, self.start = predictor, inputs, split, start
-        self.kept, self.ok, self.masks, self.cams = kept, ok, masks, cams
-        self.readable = int(ok.sum())
+        self.kept, self.ok, self.masks, self.cams, self.skipped = kept, ok, masks, cams, skipped
         self.crop = predictor.crops(split) if masks is not None else None
 
     def box(self, r):
